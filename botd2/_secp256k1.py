@@ -103,7 +103,7 @@ def verify(pub: CPublicKey, signature: bytes, message: bytes) -> bool:
     if not lib.secp256k1_ecdsa_signature_parse_compact(_ctx, sig, signature):
         return False
     digest = hashlib.sha256(message).digest()
-    return lib.secp256k1_ecdsa_verify(_ctx, sig, digest, pub) == 1
+    return bool(lib.secp256k1_ecdsa_verify(_ctx, sig, digest, pub) == 1)
 
 
 def ecdh(secret: bytes, pub: CPublicKey) -> bytes:

@@ -299,7 +299,7 @@ class Connection:
                             "bad_tag", "transport frame failed authentication", False
                         ) from None
                     self._transport_frame(plaintext, events)
-                if self.state is State.CLOSED:
+                if self.closed:
                     return events
         except _Fail as f:
             if f.send_error and self.state is State.OPEN:

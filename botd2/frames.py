@@ -99,7 +99,9 @@ class CipherState:
             so a large frame is not copied once more to join them.
         """
         header = _LENGTH.pack(len(plaintext) + TAG_SIZE)
-        return header, self._aead.encrypt(self._nextNonce(), plaintext, header)
+        # The nonce first: on the 1,000th frame it replaces self._aead.
+        nonce = self._nextNonce()
+        return header, self._aead.encrypt(nonce, plaintext, header)
 
     def seal_frame(self, plaintext: bytes) -> bytes:
         """Seal the next frame and return it whole."""
@@ -113,8 +115,9 @@ class CipherState:
         @raise BadTag: the tag does not verify (wrong key, counter, length or
             any flipped bit).
         """
+        nonce = self._nextNonce()  # first: it may replace self._aead
         try:
-            return self._aead.decrypt(self._nextNonce(), body, header)
+            return self._aead.decrypt(nonce, body, header)
         except InvalidTag:
             raise BadTag("transport frame failed authentication") from None
 

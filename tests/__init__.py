@@ -1,0 +1,1 @@
+"""botd2's tests, run by trial: C{trial tests}."""
