@@ -302,7 +302,10 @@ class Connection:
                 if self.closed:
                     return events
         except _Fail as f:
-            if f.send_error and self.state is State.OPEN:
+            if self.state is not State.OPEN:
+                # Until complete, a close sends nothing: not even a queued Ack.
+                self._out = []
+            elif f.send_error:
                 self.send_error(f.reason)
             self.close()
             events.append(ConnectionFailed(f.code, f.reason))
