@@ -22,6 +22,7 @@ L{HandshakeComplete} is emitted, and never earlier.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -159,6 +160,8 @@ class Connection:
     @ivar keys: the transport key schedule, once derived (kept for tests and
         logs; holds no ephemeral secret).
     @ivar max_message: the largest plaintext Envelope we accept.
+    @ivar _new_id: makes the ids of the messages we send (UUID4 text; tests
+        inject fixed ones to replay vectors).
     @ivar _ephemeral: our ephemeral private key, dropped once the transport
         keys exist.
     """
@@ -171,6 +174,7 @@ class Connection:
         *,
         ephemeral: PrivateKey | None = None,
         max_message: int = MAX_MESSAGE,
+        ids: Callable[[], str] = new_id,
     ) -> None:
         if max_message < MAX_MESSAGE:
             raise ValueError("max_message must be at least 1,048,576 (WIRE.md section 2)")
@@ -178,12 +182,14 @@ class Connection:
         self.peer: PublicKey | None = None
         self.keys: TransportKeys | None = None
         self.max_message = max_message
+        self._new_id = ids
         self._ephemeral: PrivateKey | None = ephemeral or PrivateKey.generate()
         self._handshake_body: bytes | None = None
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
         self._buffer = ReceiveBuffer()
         self._out: list[bytes] = []
+        self._out_size = 0
         self.state = State.START
 
     # Inspection ------------------------------------------------------------
@@ -205,13 +211,30 @@ class Connection:
 
     # Output -----------------------------------------------------------------
 
+    @property
+    def pending_size(self) -> int:
+        """How many bytes are queued for the peer."""
+        return self._out_size
+
     def data_to_send(self) -> bytes:
         """Everything queued for the peer, in order; the queue is emptied."""
+        return b"".join(self.take_output())
+
+    def take_output(self) -> list[bytes]:
+        """
+        Everything queued for the peer, as the chunks it was queued in (for
+        C{writeSequence}, which saves joining them once more); the queue is
+        emptied.
+        """
         out = self._out
-        if not out:
-            return b""
         self._out = []
-        return out[0] if len(out) == 1 else b"".join(out)
+        self._out_size = 0
+        return out
+
+    def _queue(self, header: bytes, body: bytes) -> None:
+        self._out.append(header)
+        self._out.append(body)
+        self._out_size += len(header) + len(body)
 
     def send_envelope_bytes(self, envelope: bytes) -> None:
         """
@@ -227,7 +250,7 @@ class Connection:
         if not self.can_send:
             raise NotReady(f"cannot send in state {self.state.value}")
         assert self._send is not None
-        self._out.extend(self._send.seal(envelope))
+        self._queue(*self._send.seal(envelope))
 
     def send_envelope(self, envelope: Envelope) -> None:
         self.send_envelope_bytes(envelope.SerializeToString())
@@ -240,12 +263,12 @@ class Connection:
 
     def send_ping(self, ping_id: str | None = None) -> str:
         """Queue a Ping; return its id. Keep-alive timing is the caller's."""
-        ping_id = ping_id or new_id()
+        ping_id = ping_id or self._new_id()
         self.send_envelope(Envelope(ping=Ping(id=ping_id)))
         return ping_id
 
     def send_pong(self, ping_id: str, pong_id: str | None = None) -> None:
-        self.send_envelope(Envelope(pong=Pong(id=pong_id or new_id(), ping_id=ping_id)))
+        self.send_envelope(Envelope(pong=Pong(id=pong_id or self._new_id(), ping_id=ping_id)))
 
     def send_error(self, message: str) -> None:
         """
@@ -253,7 +276,7 @@ class Connection:
         completion a node closes sending nothing (WIRE.md section 4).
         """
         if self.state is State.OPEN:
-            error = Error(id=new_id(), message=truncate_error_message(message))
+            error = Error(id=self._new_id(), message=truncate_error_message(message))
             self.send_envelope(Envelope(error=error))
         self.close()
 
@@ -304,7 +327,7 @@ class Connection:
         except _Fail as f:
             if self.state is not State.OPEN:
                 # Until complete, a close sends nothing: not even a queued Ack.
-                self._out = []
+                self.take_output()
             elif f.send_error:
                 self.send_error(f.reason)
             self.close()
@@ -388,10 +411,11 @@ class Initiator(Connection):
         ephemeral: PrivateKey | None = None,
         init_id: str | None = None,
         max_message: int = MAX_MESSAGE,
+        ids: Callable[[], str] = new_id,
     ) -> None:
-        super().__init__(static, ephemeral=ephemeral, max_message=max_message)
+        super().__init__(static, ephemeral=ephemeral, max_message=max_message, ids=ids)
         self.peer = responder
-        self.init_id = init_id or new_id()
+        self.init_id = init_id or self._new_id()
 
     def initiate(self) -> None:
         """Queue the Init (step 1)."""
@@ -400,8 +424,7 @@ class Initiator(Connection):
         assert self._ephemeral is not None and self.peer is not None
         body = make_init(self.static, self.peer, self._ephemeral.public_key, self.init_id)
         self._handshake_body = body
-        self._out.append(encode_length(len(body)))
-        self._out.append(body)
+        self._queue(encode_length(len(body)), body)
         self.state = State.AWAIT_ACK
 
     def _handshake_frame(self, body: bytes, events: list[Event]) -> None:
@@ -435,10 +458,11 @@ class Responder(Connection):
         ephemeral: PrivateKey | None = None,
         ack_id: str | None = None,
         max_message: int = MAX_MESSAGE,
+        ids: Callable[[], str] = new_id,
     ) -> None:
-        super().__init__(static, ephemeral=ephemeral, max_message=max_message)
+        super().__init__(static, ephemeral=ephemeral, max_message=max_message, ids=ids)
         self.allow = allow
-        self.ack_id = ack_id or new_id()
+        self.ack_id = ack_id or self._new_id()
         self.state = State.AWAIT_INIT
 
     def _handshake_frame(self, body: bytes, events: list[Event]) -> None:
@@ -451,7 +475,6 @@ class Responder(Connection):
         ack = make_ack(
             self.static, init.sender, self._ephemeral.public_key, init.id, self.ack_id
         )
-        self._out.append(encode_length(len(ack)))
-        self._out.append(ack)
+        self._queue(encode_length(len(ack)), ack)
         self._start_transport(init.ephemeral, body, ack)
         self.state = State.AWAIT_CONFIRMATION

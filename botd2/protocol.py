@@ -1,0 +1,906 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+BOTD #2 on Twisted: the sans-IO L{botd2.connection} glued to a transport.
+
+Three pieces, as in C{twisted.protocols.tls}:
+
+  - L{BOTD2Protocol} sits on the TCP connection.  It runs the handshake,
+    seals and opens frames, keeps the connection alive, and enforces the
+    rules of WIRE.md.  It is also the I{transport} of the application's
+    protocol: it wraps the TCP transport in the encrypted framing layer.
+  - L{PeerProtocol} is what an application subclasses.  Its
+    C{makeConnection} is called only once the handshake is complete (WIRE.md
+    section 4), so C{peerAuthenticated} never sees an unproven peer; then
+    C{messageReceived} gets each application message already unpacked, and
+    C{peerDisconnected} says why the connection ended.
+  - L{PeerFactory} is the node: the identity key, the settings, the
+    admission caps, the one-connection-per-peer table (WIRE.md section 7),
+    and L{PeerFactory.connect} to dial out.
+
+Every timer runs on C{PeerFactory.clock}, any C{IReactorTime}, so a test
+drives a day of keep-alive with C{task.Clock} in milliseconds.
+
+Writes: the application may send only once C{peerAuthenticated} was called;
+C{sendMessage} earlier raises L{NotReady} (there is nobody to send to yet).
+Frames sealed in one reactor turn go out in one C{transport.writeSequence};
+a turn's output reaching L{FLUSH_THRESHOLD} bytes goes at once, so the TCP
+transport can pause a registered producer in time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from botd2 import errors
+from botd2.connection import (
+    Connection,
+    ConnectionFailed,
+    ErrorReceived,
+    Event,
+    HandshakeComplete,
+    Initiator,
+    NotReady,
+    PayloadReceived,
+    PingReceived,
+    PongReceived,
+    Responder,
+)
+from botd2.frames import MAX_MESSAGE
+from botd2.keepalive import DEFAULT_INTERVAL, DEFAULT_PONG_TIMEOUT, KeepAlive
+from botd2.keys import PeerAddress, PrivateKey, PublicKey
+from botd2.messages import PayloadTypes
+
+__all__ = [
+    "BOTD2Protocol",
+    "NotReady",
+    "PeerFactory",
+    "PeerInfo",
+    "PeerProtocol",
+]
+
+#: Output queued in one reactor turn beyond this goes out at once.
+FLUSH_THRESHOLD: Final = 64 * 1024
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+#: Connections still in the handshake, in total (WIRE.md section 4, "Cost of
+#: strangers").  Each costs a socket and a few KiB until it completes or
+#: times out; an honest handshake takes milliseconds.
+DEFAULT_MAX_HANDSHAKES: Final = 512
+#: Connections still in the handshake from one source address.
+DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: Final = 16
+#: All connections, complete or not, inbound and outbound.
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+#: After we decided to close, how long a peer that does not read may keep
+#: the connection (and its unsent buffer) before it is aborted.
+CLOSE_GRACE: Final = 10.0
+
+_log = Logger(namespace="botd2")
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """
+    Who is on the other end of an authenticated connection.
+
+    @ivar node: the peer's static public key, proven by the handshake.
+    @ivar address: the TCP address of the other end.
+    @ivar initiator: C{True} if we dialled, C{False} if the peer did.
+    """
+
+    node: PublicKey
+    address: IAddress
+    initiator: bool
+
+    @property
+    def nodeID(self) -> str:
+        return self.node.node_id
+
+
+def _monotonic(clock: IReactorTime) -> Callable[[], float]:
+    """
+    What to measure intervals with (WIRE.md section 6: on a monotonic
+    clock): C{time.monotonic} under the real reactor, whose C{seconds()} is
+    wall-clock time; the clock's own C{seconds} otherwise (a test's Clock).
+    """
+    from twisted.internet import reactor
+
+    if clock is reactor:
+        return time.monotonic
+    return clock.seconds
+
+
+class PeerProtocol(Protocol):
+    """
+    Subclass this to write a BOTD #2 application.
+
+    Override the C{peer*} and C{messageReceived} hooks; list the protobuf
+    classes you handle in L{messageTypes}.  C{self.transport} is the
+    L{BOTD2Protocol} that carries this connection; C{self.peer} tells who is
+    on the other end.
+
+    @cvar messageTypes: the application message classes this protocol
+        handles; a payload of any other type is passed to
+        L{unhandledPayload} (which ignores it, WIRE.md section 3).
+    @ivar peer: the authenticated peer, from C{peerAuthenticated} on.
+    @ivar factory: the L{PeerFactory} of the node.
+    """
+
+    messageTypes: ClassVar[Sequence[type[Message]]] = ()
+    _payloadTypes: ClassVar[PayloadTypes | None] = None
+
+    factory: PeerFactory | None = None
+    transport: BOTD2Protocol | None = None  # type: ignore[assignment]
+    peer: PeerInfo
+
+    # Hooks ------------------------------------------------------------------
+
+    def peerAuthenticated(self) -> None:
+        """The handshake is complete: C{self.peer} is proven. Sending may start."""
+
+    def messageReceived(self, message: Message) -> None:
+        """An application message of one of L{messageTypes} arrived."""
+
+    def unhandledPayload(self, payload: any_pb2.Any) -> None:
+        """A payload of a type not in L{messageTypes}: ignored by default."""
+        _log.debug(
+            "ignored a payload of type {type_url} from {peer}",
+            type_url=payload.type_url,
+            peer=self.peer.nodeID,
+        )
+
+    def peerDisconnected(self, reason: Failure) -> None:
+        """
+        The connection is gone.  C{reason.value} is a L{errors.Disconnected}:
+        L{errors.ClosedByUs}, L{errors.ClosedByPeer} (L{errors.PeerError}
+        when the peer said why), L{errors.ProtocolViolation},
+        L{errors.KeepAliveTimeout} or L{errors.Replaced}.
+        """
+
+    # API ----------------------------------------------------------------------
+
+    def sendMessage(self, message: Message) -> None:
+        """Send an application message (packed in C{Any})."""
+        if self.transport is None:
+            raise NotReady("the handshake is not complete: send from peerAuthenticated() on")
+        self.transport.sendMessage(message)
+
+    def disconnect(self, reason: str = "closed by the application") -> None:
+        """Send the peer an C{Error} with C{reason}, then close."""
+        if self.transport is not None:
+            self.transport.disconnect(reason)
+
+    def ping(self) -> Deferred[float]:
+        """Ping the peer now; fires with the round-trip time in seconds."""
+        if self.transport is None:
+            return defer.fail(NotReady("the handshake is not complete"))
+        return self.transport.ping()
+
+    # Protocol plumbing ---------------------------------------------------------
+
+    @classmethod
+    def payloadTypes(cls) -> PayloadTypes:
+        """The L{PayloadTypes} made from L{messageTypes}, once per class."""
+        types = cls.__dict__.get("_payloadTypes")
+        if types is None:
+            types = PayloadTypes(cls.messageTypes)
+            cls._payloadTypes = types
+        return types
+
+    def makeConnection(self, transport: Any) -> None:
+        self.peer = transport.peer
+        super().makeConnection(transport)
+
+    def connectionMade(self) -> None:
+        self.peerAuthenticated()
+
+    def dataReceived(self, data: bytes) -> None:
+        raise RuntimeError("a PeerProtocol receives messages, not bytes")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.peerDisconnected(reason)
+
+
+@implementer(IPushProducer)
+class BOTD2Protocol(Protocol):
+    """
+    The BOTD #2 wire protocol on one TCP connection, and the transport of
+    one L{PeerProtocol}.
+
+    @ivar factory: the node.
+    @ivar app: the application protocol, connected once the handshake is
+        complete.
+    @ivar connection: the sans-IO state machine.
+    @ivar peer: who is on the other end, once authenticated.
+    @ivar keepalive: the Ping/Pong timing, once authenticated.
+    @ivar initiator: did we dial?
+    @ivar authenticated: was the application told of the peer?
+    @ivar disconnecting: have we decided to close?
+    @ivar _reason: why we closed, for the application and the log.
+    @ivar _timer: the one pending timer: handshake timeout, next Ping, Pong
+        deadline or close grace.
+    @ivar _flushCall: the end-of-turn flush, when one is scheduled.
+    @ivar _inReceive: inside L{dataReceived}, which flushes when done.
+    @ivar _pingWaiters: on-demand Pings waiting for their Pong.
+    @ivar _handshakeWaiters: L{whenAuthenticated} callers.
+    """
+
+    transport: Any
+    peer: PeerInfo | None = None
+    keepalive: KeepAlive | None = None
+    authenticated = False
+    disconnecting = False
+    _reason: errors.Disconnected | None = None
+    _timer: IDelayedCall | None = None
+    _flushCall: IDelayedCall | None = None
+    _inReceive = False
+    _lostCalled = False
+
+    def __init__(self, factory: PeerFactory, connection: Connection, app: PeerProtocol) -> None:
+        self.factory = factory
+        self.connection = connection
+        self.app = app
+        self.initiator = isinstance(connection, Initiator)
+        self._clock = factory.clock
+        self._now = factory._now
+        self._pingWaiters: list[tuple[str, float, Deferred[float]]] = []
+        self._handshakeWaiters: list[Deferred[BOTD2Protocol]] = []
+        self._producer: IPushProducer | None = None
+
+    def __repr__(self) -> str:
+        who = self.peer.nodeID[:16] if self.peer else "?"
+        direction = "out" if self.initiator else "in"
+        return f"<BOTD2Protocol {direction} {who} {self.connection.state.value}>"
+
+    # Connection lifecycle -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._setTimer(self.factory.handshakeTimeout, self._handshakeTimedOut)
+        if isinstance(self.connection, Initiator):
+            self.connection.initiate()
+            self._flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.disconnecting:
+            return
+        self._inReceive = True
+        try:
+            for event in self.connection.receive_data(data):
+                self._handle(event)
+                if self.disconnecting:
+                    break
+        finally:
+            self._inReceive = False
+        self._flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._lostCalled:
+            return
+        self._lostCalled = True
+        self._cancelTimer()
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        self.connection.close()
+        self.factory._connectionGone(self)
+        why = self._reason
+        if why is None:
+            why = errors.ClosedByPeer(
+                "the peer closed the connection"
+                if reason.check(ConnectionDone)
+                else f"the connection was lost: {reason.getErrorMessage()}"
+            )
+            self._reason = why
+        _log.emit(
+            self.factory.logLevel(self.authenticated),
+            "botd2 connection {direction} {peer} at {address} closed: {reason}",
+            direction="to" if self.initiator else "from",
+            peer=self.peer.nodeID if self.peer else "(unauthenticated)",
+            address=_formatAddress(self.transport.getPeer()),
+            reason=str(why),
+            reasonType=type(why).__name__,
+            authenticated=self.authenticated,
+        )
+        failure = Failure(why)
+        for _, _, d in self._pingWaiters:
+            d.errback(failure)
+        self._pingWaiters = []
+        if self.authenticated:
+            self.app.connectionLost(failure)
+        else:
+            self._failHandshakeWaiters(why)
+
+    # Events from the sans-IO connection -------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, PayloadReceived):
+            self._payloadReceived(event.payload)
+        elif isinstance(event, HandshakeComplete):
+            self._handshakeComplete(event)
+        elif isinstance(event, PingReceived):
+            self._pingReceived(event.ping_id)
+        elif isinstance(event, PongReceived):
+            self._pongReceived(event.ping_id)
+        elif isinstance(event, ErrorReceived):
+            self._close(errors.PeerError(event.message), abort=not self.authenticated)
+        elif isinstance(event, ConnectionFailed):
+            self._protocolError(event.code, event.reason)
+
+    def _handshakeComplete(self, event: HandshakeComplete) -> None:
+        self._cancelTimer()
+        self.peer = PeerInfo(event.peer, self.transport.getPeer(), self.initiator)
+        kept, why = self.factory._handshakeDone(self)
+        if not kept:
+            self._closeWithError(errors.Replaced(why), why)
+            return
+        self.keepalive = KeepAlive(self.factory.pingInterval, self.factory.pongTimeout)
+        self.keepalive.start(self._now())
+        self._scheduleKeepAlive()
+        self.authenticated = True
+        _log.info(
+            "botd2 handshake with {peer} at {address} complete ({direction})",
+            peer=event.peer.node_id,
+            address=_formatAddress(self.peer.address),
+            direction="outbound" if self.initiator else "inbound",
+            initiator=self.initiator,
+        )
+        self._callApp(self.app.makeConnection, self)
+        if not self.disconnecting:
+            waiters, self._handshakeWaiters = self._handshakeWaiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def _payloadReceived(self, payload: any_pb2.Any) -> None:
+        try:
+            message = self.app.payloadTypes().unpack(payload)
+        except DecodeError:
+            self._protocolError(
+                "bad_payload", f"payload of type {payload.type_url[:100]} does not parse"
+            )
+            return
+        if message is None:
+            self._callApp(self.app.unhandledPayload, payload)
+        else:
+            self._callApp(self.app.messageReceived, message)
+
+    def _pingReceived(self, pingID: str) -> None:
+        assert self.keepalive is not None
+        if not self.keepalive.pingArrived(self._now()):
+            self._protocolError("ping_flood", "Pings less than 30 s apart")
+            return
+        self.connection.send_pong(pingID)
+
+    def _pongReceived(self, pingID: str) -> None:
+        assert self.keepalive is not None
+        now = self._now()
+        if not self.keepalive.pongReceived(pingID, now):
+            return  # WIRE.md section 6: a Pong for no outstanding Ping is ignored
+        waiters, self._pingWaiters = self._pingWaiters, []
+        for waitedID, sentAt, d in waiters:
+            if waitedID == pingID:
+                d.callback(now - sentAt)
+            else:  # pragma: no cover - one Ping is outstanding at a time
+                self._pingWaiters.append((waitedID, sentAt, d))
+        self._scheduleKeepAlive()
+
+    def _protocolError(self, code: str, reason: str) -> None:
+        _log.warn(
+            "botd2 protocol error from {peer} at {address}: {code}: {reason}",
+            peer=self.peer.nodeID if self.peer else "(unauthenticated)",
+            address=_formatAddress(self.transport.getPeer()),
+            code=code,
+            reason=reason,
+        )
+        self._closeWithError(errors.ProtocolViolation(code, reason), reason)
+
+    # Timers ------------------------------------------------------------------
+
+    def _setTimer(self, delay: float, f: Callable[[], None]) -> None:
+        self._cancelTimer()
+        self._timer = self._clock.callLater(max(0.0, delay), f)
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshakeTimedOut(self) -> None:
+        self._timer = None
+        if self.connection.handshake_complete or self.disconnecting:
+            return
+        _log.info(
+            "botd2 handshake {direction} {address} timed out",
+            direction="to" if self.initiator else "from",
+            address=_formatAddress(self.transport.getPeer()),
+        )
+        self._close(
+            errors.ProtocolViolation(
+                "handshake_timeout",
+                f"handshake not complete after {self.factory.handshakeTimeout:g} s",
+            ),
+            abort=True,
+        )
+
+    def _scheduleKeepAlive(self) -> None:
+        assert self.keepalive is not None
+        deadline = self.keepalive.nextDeadline()
+        if deadline is None:
+            self._cancelTimer()
+        else:
+            self._setTimer(deadline - self._now(), self._keepAliveTimer)
+
+    def _keepAliveTimer(self) -> None:
+        self._timer = None
+        if self.disconnecting or self.keepalive is None:
+            return
+        now = self._now()
+        if self.keepalive.pongOverdue(now):
+            why = f"no Pong within {self.keepalive.pongTimeout:g} s"
+            self._closeWithError(errors.KeepAliveTimeout(why), why)
+            return
+        if self.keepalive.pingDue(now):
+            self._sendPing(now)
+        self._scheduleKeepAlive()
+
+    def _sendPing(self, now: float) -> str:
+        assert self.keepalive is not None
+        pingID = self.connection.send_ping()
+        self.keepalive.pingSent(pingID, now)
+        self._scheduleFlush()
+        return pingID
+
+    # Output -------------------------------------------------------------------
+
+    def _scheduleFlush(self) -> None:
+        if self._inReceive:
+            return  # dataReceived flushes when it is done
+        if self.connection.pending_size >= FLUSH_THRESHOLD:
+            self._flush()
+        elif self._flushCall is None:
+            self._flushCall = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+        if self.connection.pending_size:
+            self.transport.writeSequence(self.connection.take_output())
+
+    # Closing -------------------------------------------------------------------
+
+    def _closeWithError(self, why: errors.Disconnected, message: str) -> None:
+        """Close; once authenticated, an Error with C{message} goes first."""
+        if self.disconnecting:
+            return
+        if self.connection.handshake_complete:
+            self.connection.send_error(message)
+            self._close(why, abort=False)
+        else:
+            self._close(why, abort=True)
+
+    def _close(self, why: errors.Disconnected, abort: bool) -> None:
+        """
+        Close the TCP connection.  Before the handshake is complete nothing
+        more is sent and the connection is aborted at once; after it, queued
+        frames (an Error, say) are flushed first, for at most L{CLOSE_GRACE}
+        seconds.
+        """
+        if self.disconnecting:
+            return
+        self.disconnecting = True
+        self._reason = why
+        self._cancelTimer()
+        if abort:
+            self.connection.close()
+            self.connection.take_output()
+            self.transport.abortConnection()
+            return
+        self.connection.close()
+        self._flush()
+        self.transport.loseConnection()
+        self._setTimer(CLOSE_GRACE, self.transport.abortConnection)
+
+    def _callApp(self, f: Callable[..., object], *args: object) -> None:
+        """
+        Call application code.  An exception there is the application's bug,
+        not the peer's: log it with its traceback and close the connection.
+        """
+        try:
+            f(*args)
+        except Exception:
+            _log.failure(
+                "botd2 application error in {name}; closing the connection",
+                name=getattr(f, "__qualname__", repr(f)),
+            )
+            self._closeWithError(
+                errors.ClosedByUs("application error"), "internal error"
+            )
+
+    def _failHandshakeWaiters(self, why: errors.Disconnected) -> None:
+        waiters, self._handshakeWaiters = self._handshakeWaiters, []
+        if not waiters:
+            return
+        failure: errors.ConnectFailed
+        if isinstance(why, errors.ProtocolViolation) and why.code == "handshake_timeout":
+            failure = errors.HandshakeTimeout(why.reason)
+        elif isinstance(why, errors.ClosedByPeer):
+            failure = errors.HandshakeFailed(
+                "the peer closed the connection during the handshake "
+                "(a wrong node ID, or it does not allow our key)"
+            )
+        else:
+            failure = errors.HandshakeFailed(f"handshake failed: {why}")
+        for d in waiters:
+            d.errback(Failure(failure))
+
+    # The transport of the application protocol --------------------------------
+
+    def whenAuthenticated(self) -> Deferred[BOTD2Protocol]:
+        """A Deferred that fires with this protocol once the handshake is complete."""
+        if self.authenticated:
+            return defer.succeed(self)
+        if self.disconnecting or self._lostCalled:
+            return defer.fail(errors.HandshakeFailed(f"connection closed: {self._reason}"))
+        d: Deferred[BOTD2Protocol] = Deferred()
+        self._handshakeWaiters.append(d)
+        return d
+
+    def sendMessage(self, message: Message) -> None:
+        """
+        Seal an application message into a frame.  After the connection was
+        closed it is dropped, as C{transport.write} drops data then.
+        """
+        if not self.authenticated:
+            raise NotReady("the handshake is not complete: send from peerAuthenticated() on")
+        if self.disconnecting:
+            return
+        self.connection.send_payload(message)
+        self._scheduleFlush()
+
+    def write(self, data: bytes) -> None:
+        raise TypeError("a BOTD #2 connection carries messages: use sendMessage()")
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        raise TypeError("a BOTD #2 connection carries messages: use sendMessage()")
+
+    def disconnect(self, reason: str = "closed by the application") -> None:
+        """Send an Error saying C{reason} (once authenticated), then close."""
+        self._closeWithError(errors.ClosedByUs(reason), reason)
+
+    def loseConnection(self) -> None:
+        self.disconnect()
+
+    def abortConnection(self) -> None:
+        self._close(errors.ClosedByUs("aborted by the application"), abort=True)
+
+    def ping(self) -> Deferred[float]:
+        """
+        Send a Ping now (WIRE.md section 6, "On demand"); fires with the
+        round-trip time in seconds, or fails if the connection ends first.
+        Refused while a Ping is outstanding or within 30 s of the last Pong.
+        """
+        if not self.authenticated or self.disconnecting or self.keepalive is None:
+            return defer.fail(NotReady("the connection is not open"))
+        now = self._now()
+        if not self.keepalive.mayPingNow(now):
+            return defer.fail(
+                NotReady("a Ping is outstanding, or the last Pong came less than 30 s ago")
+            )
+        d: Deferred[float] = Deferred()
+        pingID = self._sendPing(now)
+        self._pingWaiters.append((pingID, now, d))
+        self._scheduleKeepAlive()
+        return d
+
+    def getPeer(self) -> IAddress:
+        return self.transport.getPeer()  # type: ignore[no-any-return]
+
+    def getHost(self) -> IAddress:
+        return self.transport.getHost()  # type: ignore[no-any-return]
+
+    # IConsumer: the application's producer is paused when TCP's buffer is full.
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._producer = producer
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self.transport.unregisterProducer()
+
+    # IPushProducer: the application pausing us stops reading from TCP.
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+
+def _formatAddress(address: object) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+class PeerFactory(Factory):
+    """
+    A BOTD #2 node: its identity, its settings, its connections.
+
+    Listen with it as with any factory (C{endpoint.listen(factory)}); dial
+    out with L{connect}.  Set L{protocol} (or pass C{protocol=}) to the
+    application's L{PeerProtocol} subclass.
+
+    @ivar identity: our static key.
+    @ivar peers: the complete connection kept for each peer (WIRE.md §7).
+    @ivar clock: the clock of every timer.
+    """
+
+    protocol: type[PeerProtocol] = PeerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        identity: PrivateKey,
+        *,
+        protocol: type[PeerProtocol] | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        allow: Iterable[PublicKey] | Callable[[PublicKey], bool] | None = None,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        pingInterval: float = DEFAULT_INTERVAL,
+        pongTimeout: float = DEFAULT_PONG_TIMEOUT,
+        maxHandshakes: int = DEFAULT_MAX_HANDSHAKES,
+        maxHandshakesPerAddress: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+        maxMessage: int = MAX_MESSAGE,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        if not handshakeTimeout > 0:
+            raise ValueError("the handshake timeout must be positive")
+        KeepAlive(pingInterval, pongTimeout)  # validates both
+        for name, value in (
+            ("maxHandshakes", maxHandshakes),
+            ("maxHandshakesPerAddress", maxHandshakesPerAddress),
+            ("maxConnections", maxConnections),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if maxMessage < MAX_MESSAGE:
+            raise ValueError(f"maxMessage must be at least {MAX_MESSAGE}")
+        self.identity = identity
+        if protocol is not None:
+            self.protocol = protocol
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self._now = _monotonic(self.clock)
+        if allow is None or callable(allow):
+            self.allow: Callable[[PublicKey], bool] | None = allow
+        else:
+            allowed = frozenset(allow)
+            self.allow = allowed.__contains__
+        self.handshakeTimeout = float(handshakeTimeout)
+        self.pingInterval = float(pingInterval)
+        self.pongTimeout = float(pongTimeout)
+        self.maxHandshakes = maxHandshakes
+        self.maxHandshakesPerAddress = maxHandshakesPerAddress
+        self.maxConnections = maxConnections
+        self.maxMessage = maxMessage
+        self.peers: dict[PublicKey, BOTD2Protocol] = {}
+        self.connections: set[BOTD2Protocol] = set()
+        self._handshaking: dict[BOTD2Protocol, str | None] = {}
+        self._handshakingByHost: dict[str | None, int] = {}
+        self._dialWaiters: dict[PublicKey, list[Deferred[PeerProtocol]]] = {}
+        self._peerGoneWaiters: dict[PublicKey, list[Deferred[None]]] = {}
+
+    @property
+    def nodeID(self) -> str:
+        return self.identity.public_key.node_id
+
+    @staticmethod
+    def logLevel(authenticated: bool) -> Any:
+        from twisted.logger import LogLevel
+
+        return LogLevel.info if authenticated else LogLevel.debug
+
+    # Building protocols ----------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress) -> BOTD2Protocol | None:  # type: ignore[override]
+        """An inbound connection: admitted, or refused at once beyond a cap."""
+        host = getattr(addr, "host", None)
+        refusal = None
+        if len(self.connections) >= self.maxConnections:
+            refusal = f"{self.maxConnections} connections already"
+        elif len(self._handshaking) >= self.maxHandshakes:
+            refusal = f"{self.maxHandshakes} handshakes in progress already"
+        elif self._handshakingByHost.get(host, 0) >= self.maxHandshakesPerAddress:
+            refusal = f"{self.maxHandshakesPerAddress} handshakes from {host} in progress already"
+        if refusal is not None:
+            _log.debug("botd2 refused a connection from {address}: {why}",
+                       address=_formatAddress(addr), why=refusal)
+            return None
+        connection = Responder(self.identity, allow=self.allow, max_message=self.maxMessage)
+        proto = self.wrap(connection)
+        self._handshaking[proto] = host
+        self._handshakingByHost[host] = self._handshakingByHost.get(host, 0) + 1
+        return proto
+
+    def wrap(self, connection: Connection) -> BOTD2Protocol:
+        """
+        A L{BOTD2Protocol} for a sans-IO connection made by the caller (tests
+        use it to inject ephemeral keys and ids); no admission check.
+        """
+        app = self.protocol()
+        app.factory = self
+        proto = BOTD2Protocol(self, connection, app)
+        self.connections.add(proto)
+        return proto
+
+    def buildInitiator(self, node: PublicKey) -> BOTD2Protocol:
+        """An outbound connection to C{node}."""
+        connection = Initiator(self.identity, node, max_message=self.maxMessage)
+        return self.wrap(connection)
+
+    # Bookkeeping ------------------------------------------------------------------
+
+    def _doneHandshaking(self, proto: BOTD2Protocol) -> None:
+        if proto in self._handshaking:
+            host = self._handshaking.pop(proto)
+            left = self._handshakingByHost[host] - 1
+            if left:
+                self._handshakingByHost[host] = left
+            else:
+                del self._handshakingByHost[host]
+
+    def _handshakeDone(self, proto: BOTD2Protocol) -> tuple[bool, str]:
+        """
+        WIRE.md section 7: may C{proto}, just complete, stay?  If it
+        replaces an older connection, that one is closed here.
+        """
+        self._doneHandshaking(proto)
+        assert proto.peer is not None
+        node = proto.peer.node
+        old = self.peers.get(node)
+        if old is None or old is proto:
+            self.peers[node] = proto
+            return True, ""
+        if old.initiator == proto.initiator:
+            keepNew = True
+            why = "replaced by a newer connection from the same side"
+        else:
+            # both dialled at once: the connection dialled by the lower ID stays
+            weAreLower = bytes(self.identity.public_key) < bytes(node)
+            keepNew = proto.initiator == weAreLower
+            why = "both sides dialled: keeping the connection dialled by the lower node ID"
+        if not keepNew:
+            return False, why
+        self.peers[node] = proto
+        old._closeWithError(errors.Replaced(why), why)
+        return True, ""
+
+    def _connectionGone(self, proto: BOTD2Protocol) -> None:
+        self._doneHandshaking(proto)
+        self.connections.discard(proto)
+        if proto.peer is not None and self.peers.get(proto.peer.node) is proto:
+            del self.peers[proto.peer.node]
+            for d in self._peerGoneWaiters.pop(proto.peer.node, []):
+                d.callback(None)
+
+    def whenPeerGone(self, node: PublicKey) -> Deferred[None]:
+        """Fires once we hold no complete connection to C{node}."""
+        if node not in self.peers:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._peerGoneWaiters.setdefault(node, []).append(d)
+        return d
+
+    # Dialling out ---------------------------------------------------------------------
+
+    def connect(
+        self, address: str | PeerAddress, *, bindAddress: tuple[str, int] | None = None
+    ) -> Deferred[PeerProtocol]:
+        """
+        Dial C{NODEID@HOST[:PORT]}; fires with the application protocol once
+        the handshake is complete.
+
+        If a complete connection to that node exists already, it fires with
+        that one at once (WIRE.md section 7 keeps one per peer).  Fails with
+        L{errors.HandshakeFailed}, L{errors.HandshakeTimeout}, or Twisted's
+        error when the TCP connection fails; a bad address raises
+        L{botd2.keys.InvalidAddress}.
+        """
+        if isinstance(address, str):
+            address = PeerAddress.parse(address)
+        endpoint = HostnameEndpoint(
+            self.reactor,
+            address.host,
+            address.port,
+            timeout=self.handshakeTimeout,
+            bindAddress=bindAddress,
+        )
+        return self.connectEndpoint(endpoint, address.node)
+
+    def connectEndpoint(
+        self, endpoint: IStreamClientEndpoint, node: PublicKey
+    ) -> Deferred[PeerProtocol]:
+        """Like L{connect}, over any client endpoint, to the node C{node}."""
+        if node == self.identity.public_key:
+            return defer.fail(ValueError("a node does not connect to itself"))
+        existing = self.peers.get(node)
+        if existing is not None and not existing.disconnecting:
+            return defer.succeed(existing.app)
+        if node in self._dialWaiters:
+            # WIRE.md section 7: no second handshake to a peer while one is on.
+            waiter: Deferred[PeerProtocol] = Deferred()
+            self._dialWaiters[node].append(waiter)
+            return waiter
+        self._dialWaiters[node] = []
+        built: list[BOTD2Protocol] = []
+
+        def cancel(d: Deferred[PeerProtocol]) -> None:
+            if built:
+                built[0].abortConnection()
+            else:
+                connecting.cancel()
+
+        def authenticated(p: object) -> Deferred[BOTD2Protocol]:
+            assert isinstance(p, BOTD2Protocol)
+            return p.whenAuthenticated()
+
+        def done(outcome: BOTD2Protocol | Failure) -> PeerProtocol | Failure:
+            result = outcome if isinstance(outcome, Failure) else outcome.app
+            for waiter in self._dialWaiters.pop(node, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        result: Deferred[PeerProtocol] = Deferred(cancel)
+        connecting = endpoint.connect(_DialFactory(self, node, built.append))
+        connecting.addCallback(authenticated).addBoth(done).chainDeferred(result)
+        return result
+
+
+class _DialFactory(ClientFactory):
+    """Builds the one outbound L{BOTD2Protocol} of a dial."""
+
+    def __init__(
+        self, node: PeerFactory, peer: PublicKey, built: Callable[[BOTD2Protocol], None]
+    ) -> None:
+        self.node = node
+        self.peer = peer
+        self.built = built
+
+    def buildProtocol(self, addr: IAddress) -> BOTD2Protocol:  # type: ignore[override]
+        proto = self.node.buildInitiator(self.peer)
+        self.built(proto)
+        return proto
+
