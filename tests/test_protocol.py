@@ -1,0 +1,742 @@
+"""
+The Twisted layer, deterministic: in-memory transports (C{iosim},
+C{StringTransport}) and one C{task.Clock}; no sockets, no real time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from botd2 import errors
+from botd2.connection import (
+    ErrorReceived,
+    Initiator,
+    Responder,
+)
+from botd2.keys import PrivateKey
+from botd2.protocol import FLUSH_THRESHOLD, BOTD2Protocol, NotReady, PeerFactory, PeerProtocol
+from tests.support import Link, Recorder, address, app, dial, ids, node
+from tests.vectors import botd2 as vectors
+from tests.vectors import h
+
+A_SEED, B_SEED = 0xA11CE, 0xB0B
+
+
+def textsOf(proto: BOTD2Protocol) -> list[str]:
+    return app(proto).texts()
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that counts write calls."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        super().writeSequence(data)
+
+
+def logged(test: SynchronousTestCase) -> EventLoggingObserver:
+    return EventLoggingObserver.createWithCleanup(test, globalLogPublisher)
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_both_roles(self) -> None:
+        """Both apps hear of the peer once, with its key, address and side."""
+        events = logged(self)
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        link = dial(a, b)
+        for proto, other, initiator in ((link.client, b, True), (link.server, a, False)):
+            self.assertEqual(app(proto).authenticated, 1)
+            peer = app(proto).peer
+            self.assertEqual(peer.node, other.identity.public_key)
+            self.assertEqual(peer.nodeID, other.nodeID)
+            self.assertEqual(peer.initiator, initiator)
+            self.assertIs(peer.address, proto.transport.getPeer())
+        self.assertEqual(a.peers, {b.identity.public_key: link.client})
+        self.assertEqual(b.peers, {a.identity.public_key: link.server})
+        done = [e for e in events if "handshake" in e["log_format"]]
+        self.assertEqual(len(done), 2)
+        self.assertEqual({e["peer"] for e in done}, {a.nodeID, b.nodeID})
+        self.assertEqual({e["direction"] for e in done}, {"inbound", "outbound"})
+
+    def test_message_both_ways(self) -> None:
+        clock = Clock()
+        link = dial(node(A_SEED, clock), node(B_SEED, clock))
+        app(link.client).sendMessage(StringValue(value="to b"))
+        app(link.server).sendMessage(StringValue(value="to a"))
+        link.flush()
+        self.assertEqual(textsOf(link.server), ["to b"])
+        self.assertEqual(textsOf(link.client), ["to a"])
+
+    def test_vector_through_twisted(self) -> None:
+        """
+        handshake.json through the Twisted layer, with its keys and ids
+        injected: Init, Ack, key confirmation, and the first keep-alive Ping
+        and its Pong are the vector's bytes on the wire.
+        """
+        v = vectors("handshake.json")
+        clock = Clock()
+        i_s = PrivateKey(h(v["initiator"]["static"]["private"]))
+        r_s = PrivateKey(h(v["responder"]["static"]["private"]))
+        ping_id = v["transport"][1]["message"]["ping"]["id"]
+        pong_id = v["transport"][2]["message"]["pong"]["id"]
+        a = PeerFactory(i_s, protocol=Recorder, clock=clock)
+        b = PeerFactory(r_s, protocol=Recorder, clock=clock)
+        client = a.wrap(Initiator(
+            i_s, r_s.public_key,
+            ephemeral=PrivateKey(h(v["initiator"]["ephemeral"]["private"])),
+            init_id=v["init"]["id"], ids=ids(ping_id),
+        ))
+        server = b.wrap(Responder(
+            r_s, ephemeral=PrivateKey(h(v["responder"]["ephemeral"]["private"])),
+            ack_id=v["ack"]["id"], ids=ids(pong_id),
+        ))
+        ct, st = StringTransport(), StringTransport()
+        client.makeConnection(ct)
+        server.makeConnection(st)
+
+        def take(t: StringTransport) -> str:
+            value = t.value()
+            t.clear()
+            return value.hex()
+
+        self.assertEqual(take(ct), v["init"]["frame"])
+        server.dataReceived(h(v["init"]["frame"]))
+        self.assertEqual(take(st), v["ack"]["frame"])
+        client.dataReceived(h(v["ack"]["frame"]))
+        self.assertEqual(take(ct), v["transport"][0]["frame"])
+        server.dataReceived(h(v["transport"][0]["frame"]))
+        self.assertTrue(server.authenticated and client.authenticated)
+        self.assertEqual(take(st), "")
+        # The first keep-alive Ping goes one interval after completion; the
+        # responder's is due at the same moment, so hold it back by hand.
+        server.keepalive.nextPingAt = None  # type: ignore[union-attr]
+        clock.advance(60)
+        self.assertEqual(take(ct), v["transport"][1]["frame"])
+        server.dataReceived(h(v["transport"][1]["frame"]))
+        self.assertEqual(take(st), v["transport"][2]["frame"])
+        client.dataReceived(h(v["transport"][2]["frame"]))
+        self.assertIsNone(client.keepalive.outstanding)  # type: ignore[union-attr]
+
+    def test_byte_at_a_time(self) -> None:
+        """Every byte in its own read, both ways, messages included."""
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        client = a.buildInitiator(b.identity.public_key)
+        server = b.buildProtocol(address())
+        assert server is not None
+        ct, st = StringTransport(), StringTransport()
+        client.makeConnection(ct)
+        server.makeConnection(st)
+
+        def shuttle() -> bool:
+            clock.advance(0)
+            moved = False
+            for src, dst in ((ct, server), (st, client)):
+                data = src.value()
+                src.clear()
+                for i in range(len(data)):
+                    dst.dataReceived(data[i : i + 1])
+                moved = moved or bool(data)
+            return moved
+
+        while shuttle():
+            pass
+        self.assertTrue(client.authenticated and server.authenticated)
+        for k in range(3):
+            app(client).sendMessage(StringValue(value=f"m{k}" * 50))
+        while shuttle():
+            pass
+        self.assertEqual(textsOf(server), [f"m{k}" * 50 for k in range(3)])
+
+    def test_ack_and_transport_frames_in_one_read(self) -> None:
+        """
+        The responder's Ack and its first transport frames arrive in one
+        read: the app is told of the peer, then gets the messages, in order.
+        """
+        clock = Clock()
+        a = node(A_SEED, clock)
+        r_s = PrivateKey.from_int(B_SEED)
+        client = a.buildInitiator(r_s.public_key)
+        ct = StringTransport()
+        client.makeConnection(ct)
+        responder = Responder(r_s)
+        responder.receive_data(ct.value())
+        responder.send_payload(StringValue(value="one"))
+        responder.send_payload(StringValue(value="two"))
+        client.dataReceived(responder.data_to_send())
+        self.assertEqual(app(client).authenticated, 1)
+        self.assertEqual(textsOf(client), ["one", "two"])
+
+    def test_confirmation_and_message_in_one_read(self) -> None:
+        """The key confirmation and a message in one read complete the responder."""
+        clock = Clock()
+        b = node(B_SEED, clock)
+        server = b.buildProtocol(address())
+        assert server is not None
+        st = StringTransport()
+        server.makeConnection(st)
+        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
+        initiator.initiate()
+        server.dataReceived(initiator.data_to_send())
+        initiator.receive_data(st.value())
+        initiator.send_payload(StringValue(value="first"))
+        server.dataReceived(initiator.data_to_send())
+        self.assertEqual(app(server).authenticated, 1)
+        self.assertEqual(textsOf(server), ["first"])
+
+
+class InvalidHandshakeTests(SynchronousTestCase):
+    """
+    Every case of invalid_init.json and invalid_ack.json, fed to the Twisted
+    layer: the connection is closed and not a byte is sent back.
+    """
+
+    def test_invalid_init(self) -> None:
+        v = vectors("invalid_init.json")
+        r_s = PrivateKey(h(v["responder"]["static"]["private"]))
+        for case in v["cases"]:
+            events = logged(self)
+            b = PeerFactory(r_s, protocol=Recorder, clock=Clock())
+            server = b.buildProtocol(address())
+            assert server is not None
+            st = StringTransport()
+            server.makeConnection(st)
+            data = h(case["prefix"] if case.get("prefix_only") else case["frame"])
+            server.dataReceived(data)
+            self.assertEqual(st.value(), b"", case["name"])
+            self.assertTrue(st.disconnected, case["name"])  # aborted
+            server.connectionLost(Failure(ConnectionLost()))
+            self.assertEqual(app(server).authenticated, 0)
+            self.assertEqual(b.peers, {})
+            self.assertEqual(b.connections, set())
+            errors_ = [e for e in events if "protocol error" in e["log_format"]]
+            self.assertEqual(len(errors_), 1, case["name"])
+            self.assertNotIn("log_failure", errors_[0])
+
+    def test_invalid_ack(self) -> None:
+        v = vectors("invalid_ack.json")
+        i_s = PrivateKey(h(v["initiator"]["static"]["private"]))
+        r_s = PrivateKey(h(v["responder"]["static"]["private"])).public_key
+        for case in v["cases"]:
+            a = PeerFactory(i_s, protocol=Recorder, clock=Clock())
+            client = a.wrap(Initiator(
+                i_s, r_s, ephemeral=PrivateKey(h(v["initiator"]["ephemeral"]["private"])),
+                init_id=v["initiator"]["sent_init_id"],
+            ))
+            waiting = client.whenAuthenticated()
+            ct = StringTransport()
+            client.makeConnection(ct)
+            self.assertEqual(ct.value().hex(), v["initiator"]["sent_init_frame"])
+            ct.clear()
+            client.dataReceived(h(case["prefix"] if case.get("prefix_only") else case["frame"]))
+            self.assertEqual(ct.value(), b"", case["name"])  # no key confirmation
+            self.assertTrue(ct.disconnected, case["name"])
+            client.connectionLost(Failure(ConnectionLost()))
+            self.failureResultOf(waiting, errors.HandshakeFailed)
+            self.assertEqual(app(client).authenticated, 0)
+
+
+class HandshakeTimeoutTests(SynchronousTestCase):
+    def test_replayed_init(self) -> None:
+        """
+        A second connection replaying a live connection's Init gets an Ack
+        but completes nothing: it does not displace the live one, the app
+        never hears of it, and it is closed at the handshake timeout.
+        """
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        client = a.buildInitiator(b.identity.public_key)
+        server = b.buildProtocol(address())
+        assert server is not None
+        ct, st = StringTransport(), StringTransport()
+        client.makeConnection(ct)
+        server.makeConnection(st)
+        init = ct.value()
+        ct.clear()
+        server.dataReceived(init)
+        client.dataReceived(st.value())
+        server.dataReceived(ct.value())
+        self.assertTrue(server.authenticated)
+
+        replay = b.buildProtocol(address("10.0.0.9"))
+        assert replay is not None
+        rt = StringTransport()
+        replay.makeConnection(rt)
+        replay.dataReceived(init)
+        self.assertNotEqual(rt.value(), b"")  # the Ack: it cannot know yet
+        ack_len = len(rt.value())
+        self.assertFalse(replay.authenticated)
+        self.assertIs(b.peers[a.identity.public_key], server)
+        clock.advance(9.9)
+        self.assertFalse(rt.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(rt.disconnected)
+        self.assertEqual(len(rt.value()), ack_len)  # nothing after the Ack
+        replay.connectionLost(Failure(ConnectionLost()))
+        self.assertIs(b.peers[a.identity.public_key], server)
+        self.assertEqual(app(replay).authenticated, 0)
+        self.assertEqual(app(server).lost, [])
+        self.assertFalse(server.disconnecting)
+
+    def test_no_key_confirmation(self) -> None:
+        """A responder that never gets the key confirmation closes at the timeout."""
+        clock = Clock()
+        b = node(B_SEED, clock, handshakeTimeout=5)
+        server = b.buildProtocol(address())
+        assert server is not None
+        st = StringTransport()
+        server.makeConnection(st)
+        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
+        initiator.initiate()
+        server.dataReceived(initiator.data_to_send())
+        ack = st.value()
+        clock.advance(4.999)
+        self.assertFalse(st.disconnecting)
+        clock.advance(0.001)
+        self.assertTrue(st.disconnected)
+        self.assertEqual(st.value(), ack)
+
+    def test_half_frame_times_out(self) -> None:
+        """Whatever part of a frame has arrived, the timeout closes it."""
+        for data in (b"", b"\x00", b"\x00\x00\x00\xd4" + b"\x0a" * 100):
+            clock = Clock()
+            b = node(B_SEED, clock)
+            server = b.buildProtocol(address())
+            assert server is not None
+            st = StringTransport()
+            server.makeConnection(st)
+            server.dataReceived(data)
+            clock.advance(10)
+            self.assertTrue(st.disconnected)
+            self.assertEqual(st.value(), b"")
+
+    def test_initiator_times_out(self) -> None:
+        clock = Clock()
+        a = node(A_SEED, clock, handshakeTimeout=3)
+        client = a.buildInitiator(PrivateKey.from_int(B_SEED).public_key)
+        waiting = client.whenAuthenticated()
+        ct = StringTransport()
+        client.makeConnection(ct)
+        clock.advance(3)
+        self.assertTrue(ct.disconnected)
+        client.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(waiting, errors.HandshakeTimeout)
+
+    def test_timer_cancelled_on_completion(self) -> None:
+        clock = Clock()
+        link = dial(node(A_SEED, clock), node(B_SEED, clock))
+        clock.advance(10)
+        link.flush()
+        self.assertEqual(app(link.client).lost, [])
+        self.assertEqual(app(link.server).lost, [])
+
+
+class OneConnectionPerPeerTests(SynchronousTestCase):
+    """WIRE.md section 7."""
+
+    def assertAlive(self, proto: BOTD2Protocol) -> None:
+        self.assertTrue(proto.authenticated and not proto.disconnecting, proto)
+
+    def assertClosedAsReplaced(self, proto: BOTD2Protocol) -> None:
+        """
+        Closed; an app that was told of the peer hears why.  (A connection
+        that loses as it completes is closed before its app is told.)
+        """
+        self.assertTrue(proto._lostCalled, proto)
+        self.assertIsNot(proto.factory.peers.get(proto.peer.node), proto)  # type: ignore[union-attr]
+        if app(proto).authenticated:
+            (reason,) = app(proto).lost
+            self.assertTrue(reason.check(errors.Replaced, errors.PeerError), reason)
+            self.assertIn("connection", str(reason.value))
+        else:
+            self.assertEqual(app(proto).lost, [])
+
+    def test_reconnect_same_side_keeps_newer(self) -> None:
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        first = dial(a, b)
+        second = dial(a, b)
+        first.flush()
+        second.flush()
+        self.assertAlive(second.client)
+        self.assertAlive(second.server)
+        self.assertClosedAsReplaced(first.client)
+        self.assertClosedAsReplaced(first.server)
+        self.assertEqual(a.peers, {b.identity.public_key: second.client})
+        self.assertEqual(b.peers, {a.identity.public_key: second.server})
+
+    def simultaneous(self, order: str) -> None:
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        ab = dial(a, b, greet=False)  # a dials b
+        ba = dial(b, a, greet=False)  # b dials a
+        if order == "ab-first":
+            ab.flush()
+            ba.flush()
+        elif order == "ba-first":
+            ba.flush()
+            ab.flush()
+        else:
+            while ab.pump.pump() | ba.pump.pump():
+                pass
+        ab.flush()
+        ba.flush()
+        lower = min(a, b, key=lambda f: bytes(f.identity.public_key))
+        kept, dropped = (ab, ba) if lower is a else (ba, ab)
+        self.assertAlive(kept.client)
+        self.assertAlive(kept.server)
+        self.assertClosedAsReplaced(dropped.client)
+        self.assertClosedAsReplaced(dropped.server)
+        self.assertEqual(len(a.peers), 1)
+        self.assertEqual(len(b.peers), 1)
+        self.assertIn(kept.client, a.peers.values() if lower is a else b.peers.values())
+
+    def test_simultaneous_dial_ab_first(self) -> None:
+        self.simultaneous("ab-first")
+
+    def test_simultaneous_dial_ba_first(self) -> None:
+        self.simultaneous("ba-first")
+
+    def test_simultaneous_dial_interleaved(self) -> None:
+        self.simultaneous("interleaved")
+
+    def test_both_lower_and_higher(self) -> None:
+        """The rule holds whichever node has the lower ID."""
+        for sa, sb in ((A_SEED, B_SEED), (B_SEED, A_SEED), (7, 8), (8, 7)):
+            clock = Clock()
+            a, b = node(sa, clock), node(sb, clock)
+            ab = dial(a, b, greet=False)
+            ba = dial(b, a, greet=False)
+            ab.flush()
+            ba.flush()
+            lower = a if bytes(a.identity.public_key) < bytes(b.identity.public_key) else b
+            for f in (a, b):
+                (kept,) = f.peers.values()
+                # the kept connection is the one the lower node dialled
+                self.assertEqual(kept.initiator, f is lower)
+
+    def test_replaced_gets_error(self) -> None:
+        """The closed connection gets an Error saying why, under its own keys."""
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        old = Initiator(a.identity, b.identity.public_key)
+        old.initiate()
+        server_old = b.buildProtocol(address())
+        assert server_old is not None
+        st = StringTransport()
+        server_old.makeConnection(st)
+        server_old.dataReceived(old.data_to_send())
+        old.receive_data(st.value())
+        st.clear()
+        server_old.dataReceived(old.data_to_send())
+        self.assertTrue(server_old.authenticated)
+        dial(a, b)  # a newer connection from the same side
+        clock.advance(0)
+        events = old.receive_data(st.value())
+        self.assertIsInstance(events[-1], ErrorReceived)
+        assert isinstance(events[-1], ErrorReceived)
+        self.assertIn("newer connection", events[-1].message)
+
+
+class AdmissionTests(SynchronousTestCase):
+    def test_handshake_cap_per_address(self) -> None:
+        b = node(B_SEED, maxHandshakesPerAddress=3)
+        same = [b.buildProtocol(address("10.0.0.1")) for _ in range(4)]
+        self.assertEqual([p is not None for p in same], [True, True, True, False])
+        self.assertIsNotNone(b.buildProtocol(address("10.0.0.2")))
+
+    def test_handshake_cap_total(self) -> None:
+        b = node(B_SEED, maxHandshakes=5, maxHandshakesPerAddress=100)
+        protos = [b.buildProtocol(address(f"10.0.0.{k}")) for k in range(6)]
+        self.assertEqual(sum(p is not None for p in protos), 5)
+
+    def test_slot_freed_by_timeout_and_completion(self) -> None:
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock, maxHandshakes=1)
+        stalled = b.buildProtocol(address())
+        assert stalled is not None
+        st = StringTransport()
+        stalled.makeConnection(st)
+        self.assertIsNone(b.buildProtocol(address()))
+        clock.advance(10)
+        stalled.connectionLost(Failure(ConnectionLost()))
+        link = dial(a, b)  # the slot is free again
+        self.assertTrue(link.server.authenticated)
+        # a complete connection no longer counts as a handshake
+        self.assertIsNotNone(b.buildProtocol(address()))
+
+    def test_connection_cap(self) -> None:
+        clock = Clock()
+        b = node(B_SEED, clock, maxConnections=2)
+        dial(node(1, clock), b)
+        dial(node(2, clock), b)
+        self.assertIsNone(b.buildProtocol(address()))
+
+    def test_allow_list(self) -> None:
+        clock = Clock()
+        a, c = node(A_SEED, clock), node(0xC, clock)
+        b = node(B_SEED, clock, allow=[a.identity.public_key])
+        self.assertTrue(dial(a, b).server.authenticated)
+        refused = dial(c, b)
+        self.assertFalse(refused.server.authenticated)
+        self.assertEqual(app(refused.client).authenticated, 0)
+        self.assertNotIn(c.identity.public_key, b.peers)
+
+    def test_allow_callable(self) -> None:
+        clock = Clock()
+        a = node(A_SEED, clock)
+        b = node(B_SEED, clock, allow=lambda key: False)
+        self.assertFalse(dial(a, b).server.authenticated)
+
+    def test_bad_settings(self) -> None:
+        key = PrivateKey.from_int(1)
+        for kwargs in (
+            {"pingInterval": 29.9},
+            {"pongTimeout": 0},
+            {"handshakeTimeout": 0},
+            {"maxHandshakes": 0},
+            {"maxHandshakesPerAddress": 0},
+            {"maxConnections": 0},
+            {"maxMessage": 1000},
+        ):
+            self.assertRaises(ValueError, PeerFactory, key, clock=Clock(), **kwargs)
+
+
+class ApplicationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.a, self.b = node(A_SEED, self.clock), node(B_SEED, self.clock)
+
+    def test_send_before_handshake(self) -> None:
+        client = self.a.buildInitiator(self.b.identity.public_key)
+        self.assertRaises(NotReady, client.sendMessage, StringValue())
+        self.assertRaises(NotReady, PeerProtocol().sendMessage, StringValue())
+        self.failureResultOf(PeerProtocol().ping(), NotReady)
+
+    def test_write_refused(self) -> None:
+        link = dial(self.a, self.b)
+        self.assertRaises(TypeError, link.client.write, b"raw")
+        self.assertRaises(TypeError, link.client.writeSequence, [b"raw"])
+        self.assertRaises(RuntimeError, app(link.client).dataReceived, b"raw")
+
+    def test_unhandled_payload(self) -> None:
+        """A payload of a type the app does not handle is ignored, not an error."""
+        link = dial(self.a, self.b)
+        app(link.client).sendMessage(Int64Value(value=7))
+        app(link.client).sendMessage(StringValue(value="after"))
+        link.flush()
+        (payload,) = app(link.server).unhandled
+        self.assertEqual(payload.type_url, "type.googleapis.com/google.protobuf.Int64Value")
+        self.assertEqual(textsOf(link.server), ["after"])
+
+    def test_payload_that_does_not_parse(self) -> None:
+        link = dial(self.a, self.b)
+        packed = any_pb2.Any(
+            type_url="type.googleapis.com/google.protobuf.StringValue", value=b"\xff\xff\xff"
+        )
+        link.client.connection.send_payload(packed)
+        link.client._scheduleFlush()
+        link.flush()
+        (reason,) = app(link.server).lost
+        self.assertTrue(reason.check(errors.ProtocolViolation))
+        self.assertEqual(reason.value.code, "bad_payload")
+        (peer_reason,) = app(link.client).lost
+        self.assertTrue(peer_reason.check(errors.PeerError))
+
+    def test_application_error(self) -> None:
+        """An exception in app code is logged with its traceback; the connection closes."""
+        events = logged(self)
+
+        class Broken(Recorder):
+            def messageReceived(self, message: Any) -> None:
+                raise ZeroDivisionError("app bug")
+
+        b = node(B_SEED, self.clock, protocol=Broken)
+        link = dial(self.a, b)
+        app(link.client).sendMessage(StringValue(value="boom"))
+        link.flush()
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        (reason,) = app(link.server).lost
+        self.assertTrue(reason.check(errors.ClosedByUs))
+        (peer_reason,) = app(link.client).lost
+        self.assertTrue(peer_reason.check(errors.PeerError))
+        self.assertIn("internal error", str(peer_reason.value))
+
+    def test_disconnect_reasons(self) -> None:
+        link = dial(self.a, self.b)
+        app(link.client).disconnect("done here")
+        link.flush()
+        (ours,) = app(link.client).lost
+        (theirs,) = app(link.server).lost
+        self.assertTrue(ours.check(errors.ClosedByUs))
+        self.assertEqual(str(ours.value), "done here")
+        self.assertTrue(theirs.check(errors.PeerError))
+        self.assertEqual(theirs.value.message, "done here")
+
+    def test_tcp_closed_by_peer(self) -> None:
+        link = dial(self.a, self.b)
+        link.serverIO.loseConnection()
+        link.flush()
+        (reason,) = app(link.client).lost
+        self.assertTrue(reason.check(errors.ClosedByPeer))
+        self.assertFalse(reason.check(errors.PeerError))
+        self.assertEqual(self.a.peers, {})
+        self.assertEqual(self.a.connections, set())
+
+    def test_send_after_close_dropped(self) -> None:
+        link = dial(self.a, self.b)
+        app(link.client).disconnect()
+        app(link.client).sendMessage(StringValue(value="late"))
+        link.flush()
+        self.assertEqual(textsOf(link.server), [])
+
+    def test_one_write_per_turn(self) -> None:
+        """Frames sealed in one reactor turn go out in one writeSequence."""
+        link = dial(self.a, self.b)
+        t = CountingTransport()
+        link.client.transport = t
+        for k in range(10):
+            app(link.client).sendMessage(StringValue(value=str(k)))
+        self.assertEqual(t.writes, 0)
+        self.clock.advance(0)
+        self.assertEqual(t.writes, 1)
+        link.server.dataReceived(t.value())
+        self.assertEqual(textsOf(link.server), [str(k) for k in range(10)])
+
+    def test_large_output_flushed_at_once(self) -> None:
+        """Past FLUSH_THRESHOLD, output goes at once, so TCP can pause a producer."""
+        link = dial(self.a, self.b)
+        t = CountingTransport()
+        link.client.transport = t
+        app(link.client).sendMessage(BytesValue(value=b"x" * FLUSH_THRESHOLD))
+        self.assertEqual(t.writes, 1)
+
+    def test_producer_passed_through(self) -> None:
+        link = dial(self.a, self.b)
+        t = StringTransport()
+        link.client.transport = t
+        producer = object()
+        link.client.registerProducer(producer, True)  # type: ignore[arg-type]
+        self.assertIs(t.producer, producer)
+        self.assertTrue(t.streaming)
+        link.client.unregisterProducer()
+        self.assertIsNone(t.producer)
+        link.client.pauseProducing()
+        self.assertEqual(t.producerState, "paused")
+        link.client.resumeProducing()
+        self.assertEqual(t.producerState, "producing")
+
+    def test_log_events(self) -> None:
+        events = logged(self)
+        link = dial(self.a, self.b)
+        app(link.client).disconnect("bye")
+        link.flush()
+        closed = [e for e in events if "closed" in e["log_format"]]
+        self.assertEqual(len(closed), 2)
+        for e in closed:
+            self.assertIn(e["peer"], (self.a.nodeID, self.b.nodeID))
+            self.assertEqual(e["log_level"], LogLevel.info)
+        self.assertEqual(
+            {e["reasonType"] for e in closed}, {"ClosedByUs", "PeerError"}
+        )
+        self.assertFalse([e for e in events if "log_failure" in e])
+
+
+class ConnectTests(SynchronousTestCase):
+    """PeerFactory.connectEndpoint on a memory reactor."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.a = PeerFactory(PrivateKey.from_int(A_SEED), protocol=Recorder,
+                             reactor=self.reactor)
+        self.b = PeerFactory(PrivateKey.from_int(B_SEED), protocol=Recorder,
+                             reactor=self.reactor)
+        self.endpoint = TCP4ClientEndpoint(self.reactor, "10.0.0.2", 9945)
+
+    def complete(self, index: int = 0) -> Link:
+        """Join the index-th pending TCP connect to node b in memory."""
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        server = self.b.buildProtocol(address())
+        # the endpoint's factory wraps ours: unwrap to get our protocol
+        proto = getattr(client, "_wrappedProtocol", client)
+        link = Link(client, server, self.reactor)  # type: ignore[arg-type]
+        link.flush()
+        self.assertIsInstance(proto, BOTD2Protocol)
+        return link
+
+    def test_success(self) -> None:
+        d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        self.assertNoResult(d)
+        self.complete()
+        result = self.successResultOf(d)
+        self.assertIsInstance(result, Recorder)
+        self.assertEqual(result.peer.node, self.b.identity.public_key)
+        self.assertTrue(result.peer.initiator)
+
+    def test_existing_connection_reused(self) -> None:
+        d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        self.complete()
+        first = self.successResultOf(d)
+        again = self.successResultOf(
+            self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        )
+        self.assertIs(again, first)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_no_second_dial_while_one_is_on(self) -> None:
+        d1 = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        d2 = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.complete()
+        self.assertIs(self.successResultOf(d1), self.successResultOf(d2))
+
+    def test_self(self) -> None:
+        self.failureResultOf(
+            self.a.connectEndpoint(self.endpoint, self.a.identity.public_key), ValueError
+        )
+
+    def test_wrong_key(self) -> None:
+        d = self.a.connectEndpoint(self.endpoint, PrivateKey.from_int(99).public_key)
+        self.complete()
+        failure = self.failureResultOf(d, errors.HandshakeFailed)
+        self.assertIn("wrong node ID", str(failure.value))
+
+    def test_tcp_failure(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError
+
+        d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        host, port, factory, timeout, bind = self.reactor.tcpClients[0]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.failureResultOf(d, ConnectionRefusedError)
+        # the dial is over: a new one may start
+        self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_cancel(self) -> None:
+        d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError, ConnectingCancelledError)
