@@ -678,7 +678,7 @@ class ConnectTests(SynchronousTestCase):
 
     def complete(self, index: int = 0) -> Link:
         """Join the index-th pending TCP connect to node b in memory."""
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
         server = self.b.buildProtocol(address())
         # the endpoint's factory wraps ours: unwrap to get our protocol
@@ -729,7 +729,7 @@ class ConnectTests(SynchronousTestCase):
         from twisted.internet.error import ConnectionRefusedError
 
         d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
-        host, port, factory, timeout, bind = self.reactor.tcpClients[0]
+        _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[0]
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.failureResultOf(d, ConnectionRefusedError)
         # the dial is over: a new one may start
