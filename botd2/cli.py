@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from botd2 import __version__
 from botd2.keyfile import KeyFileError, create_key_file, load_key_file
@@ -60,6 +61,68 @@ def _id(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ping(args: argparse.Namespace) -> int:
+    from twisted.internet import task
+
+    from botd2.keys import InvalidAddress, PeerAddress, PrivateKey
+
+    try:
+        address = PeerAddress.parse(args.address)
+    except InvalidAddress as e:
+        return _fail(str(e))
+    if args.count < 1:
+        return _fail("--count must be at least 1")
+    if not args.timeout > 0:
+        return _fail("--timeout must be a positive number of seconds")
+    try:
+        identity = load_key_file(args.key) if args.key else PrivateKey.generate()
+    except KeyFileError as e:
+        return _fail(str(e))
+    status: list[int] = []
+    task.react(_pingMain, (address, identity, args.count, args.timeout, status))
+    return status[0] if status else EXIT_FAILURE  # pragma: no cover - react exits
+
+
+def _pingMain(
+    reactor: Any, address: Any, identity: Any, count: int, timeout: float, status: list[int]
+) -> Any:
+    from twisted.internet import defer, task
+    from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+
+    from botd2 import errors
+    from botd2.keepalive import MIN_PING_GAP
+    from botd2.protocol import PeerFactory
+
+    factory = PeerFactory(identity, reactor=reactor, handshakeTimeout=timeout)
+
+    @defer.inlineCallbacks
+    def run() -> Any:
+        try:
+            proto = yield factory.connect(address)
+        except (errors.ConnectFailed, ConnectError, DNSLookupError, TimeoutError) as e:
+            raise SystemExit(_fail(f"cannot reach {address}: {_reason(e)}")) from None
+        for n in range(1, count + 1):
+            if n > 1:
+                # WIRE.md section 6: the next Ping waits 30 s after the last Pong.
+                yield task.deferLater(reactor, MIN_PING_GAP, lambda: None)
+            try:
+                rtt = yield proto.ping().addTimeout(timeout, reactor)
+            except defer.TimeoutError:
+                raise SystemExit(_fail(f"no Pong from {address} within {timeout:g} s")) from None
+            except errors.Disconnected as e:
+                raise SystemExit(_fail(f"{address} closed the connection: {e}")) from None
+            print(f"pong from {address}: seq={n} rtt {rtt * 1000:.1f} ms", flush=True)
+        proto.disconnect("ping done")
+        status.append(EXIT_OK)
+
+    return run()
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return " ".join(text.split()) or type(error).__name__
+
+
 def _fail(message: str) -> int:
     print(f"botd2: {message}", file=sys.stderr)
     return EXIT_FAILURE
@@ -87,6 +150,25 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ident.add_argument("--key", metavar="PATH", help=f"the key file (default {DEFAULT_KEY_PATH})")
     ident.set_defaults(run=_id)
+
+    ping = sub.add_parser(
+        "ping",
+        help="connect to a node, complete the handshake, and ping it",
+        description="Connect to NODEID@HOST[:PORT] as initiator, complete the handshake, "
+        "send a Ping and print the round-trip time of its Pong. With --count N, "
+        "pings go 30 s apart: WIRE.md section 6 forbids a Ping within 30 s of the "
+        "Pong to the previous one. Exits 0 on success; on any failure prints one "
+        "line on stderr and exits 1.",
+    )
+    ping.add_argument("address", help="the node: NODEID@HOST[:PORT] (port 9945 by default)")
+    ping.add_argument(
+        "--key", metavar="PATH", help="use this key file (default: a fresh throwaway identity)"
+    )
+    ping.add_argument("--count", type=int, default=1, metavar="N",
+                      help="pings to send, 30 s apart (default 1)")
+    ping.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="for the handshake and for each Pong (default 10)")
+    ping.set_defaults(run=_ping)
 
     return parser
 

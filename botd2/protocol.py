@@ -662,6 +662,7 @@ class PeerFactory(Factory):
     """
 
     protocol: type[PeerProtocol] = PeerProtocol  # type: ignore[assignment]
+    noisy = False  # botd2 logs its own events, one per connection
 
     def __init__(
         self,
@@ -891,6 +892,8 @@ class PeerFactory(Factory):
 
 class _DialFactory(ClientFactory):
     """Builds the one outbound L{BOTD2Protocol} of a dial."""
+
+    noisy = False
 
     def __init__(
         self, node: PeerFactory, peer: PublicKey, built: Callable[[BOTD2Protocol], None]
