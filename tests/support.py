@@ -25,7 +25,7 @@ _port = iter(range(40000, 60000))
 class Recorder(PeerProtocol):
     """Remembers what happened to it; handles C{StringValue}."""
 
-    messageTypes = [StringValue]
+    messageTypes = (StringValue,)
 
     def __init__(self) -> None:
         self.authenticated = 0

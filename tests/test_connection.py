@@ -268,7 +268,7 @@ class TransportTests(SynchronousTestCase):
     def test_transport_length_limits(self) -> None:
         """Below 16 or above 16 + max: Error, then close, on the length alone."""
         for length in (0, 15, 16 + MAX_MESSAGE + 1, 2**32 - 1):
-            i, r = handshake()
+            _i, r = handshake()
             assert r.keys
             reader = CipherState(r.keys.k_ri)
             (event,) = r.receive_data(encode_length(length))

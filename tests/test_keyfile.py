@@ -98,7 +98,7 @@ class KeyFileTests(SynchronousTestCase):
             real_link(src, dst)
 
         self.patch(keyfile.os, "link", link)
-        key, created = load_or_create_key_file(self.path)
+        _key, created = load_or_create_key_file(self.path)
         self.assertFalse(created)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), theirs)
