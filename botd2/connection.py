@@ -325,11 +325,13 @@ class Connection:
                 if self.closed:
                     return events
         except _Fail as f:
-            if self.state is not State.OPEN:
-                # Until complete, a close sends nothing: not even a queued Ack.
-                self.take_output()
-            elif f.send_error:
+            if self.state is State.OPEN and f.send_error:
                 self.send_error(f.reason)
+            else:
+                # Until complete a close sends nothing, not even a queued Ack;
+                # after a bad tag nothing more either, not even a queued key
+                # confirmation (WIRE.md sections 2 and 4).
+                self.take_output()
             self.close()
             events.append(ConnectionFailed(f.code, f.reason))
             return events

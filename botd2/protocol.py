@@ -471,10 +471,12 @@ class BOTD2Protocol(Protocol):
     # Output -------------------------------------------------------------------
 
     def _scheduleFlush(self) -> None:
-        if self._inReceive:
-            return  # dataReceived flushes when it is done
+        # Past the threshold, write now, even inside dataReceived: an app
+        # sending from a handler must reach TCP, which pauses its producer.
         if self.connection.pending_size >= FLUSH_THRESHOLD:
             self._flush()
+        elif self._inReceive:
+            return  # dataReceived flushes when it is done
         elif self._flushCall is None:
             self._flushCall = self._clock.callLater(0, self._flush)
 
