@@ -42,10 +42,13 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IDelayedCall,
+    IProducer,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
+    ITransport,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -149,7 +152,7 @@ class PeerProtocol(Protocol):
     _payloadTypes: ClassVar[PayloadTypes | None] = None
 
     factory: PeerFactory | None = None
-    transport: BOTD2Protocol | None = None  # type: ignore[assignment]
+    transport: BOTD2Protocol | None = None
     peer: PeerInfo
 
     # Hooks ------------------------------------------------------------------
@@ -220,7 +223,7 @@ class PeerProtocol(Protocol):
         self.peerDisconnected(reason)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IConsumer, ITransport)
 class BOTD2Protocol(Protocol):
     """
     The BOTD #2 wire protocol on one TCP connection, and the transport of
@@ -264,7 +267,8 @@ class BOTD2Protocol(Protocol):
         self._now = factory._now
         self._pingWaiters: list[tuple[str, float, Deferred[float]]] = []
         self._handshakeWaiters: list[Deferred[BOTD2Protocol]] = []
-        self._producer: IPushProducer | None = None
+        self._lostWaiters: list[Deferred[errors.Disconnected]] = []
+        self._producer: IProducer | None = None
 
     def __repr__(self) -> str:
         who = self.peer.nodeID[:16] if self.peer else "?"
@@ -328,6 +332,9 @@ class BOTD2Protocol(Protocol):
             self.app.connectionLost(failure)
         else:
             self._failHandshakeWaiters(why)
+        waiters, self._lostWaiters = self._lostWaiters, []
+        for lost in waiters:
+            lost.callback(why)
 
     # Events from the sans-IO connection -------------------------------------
 
@@ -567,6 +574,18 @@ class BOTD2Protocol(Protocol):
         self._handshakeWaiters.append(d)
         return d
 
+    def whenLost(self) -> Deferred[errors.Disconnected]:
+        """
+        A Deferred that fires once the connection is gone, with why: an
+        L{errors.Disconnected} (as a result, not as a failure).
+        """
+        if self._lostCalled:
+            assert self._reason is not None
+            return defer.succeed(self._reason)
+        d: Deferred[errors.Disconnected] = Deferred()
+        self._lostWaiters.append(d)
+        return d
+
     def sendMessage(self, message: Message) -> None:
         """
         Seal an application message into a frame.  After the connection was
@@ -621,7 +640,7 @@ class BOTD2Protocol(Protocol):
         return self.transport.getHost()  # type: ignore[no-any-return]
 
     # IConsumer: the application's producer is paused when TCP's buffer is full.
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._producer = producer
         self.transport.registerProducer(producer, streaming)
 

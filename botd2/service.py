@@ -13,23 +13,53 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from botd2.keys import PeerAddress, PublicKey
-from botd2.protocol import BOTD2Protocol, PeerFactory, _DialFactory, _formatAddress
+from botd2.protocol import BOTD2Protocol, PeerFactory, PeerProtocol, _formatAddress
 
 _log = Logger(namespace="botd2")
 
 
-@implementer(IStreamClientEndpoint)
-class _DialWhenNoPeer:
+class _PeerSession(Protocol):
     """
-    An endpoint that dials only while we hold no complete connection to the
-    peer (WIRE.md section 7): while one exists, inbound or outbound, the dial
-    waits for it to end.  So two nodes that C{--connect} to each other settle
-    on one connection instead of replacing each other at every retry.
+    What C{ClientService} holds for a persistent peer: connected (with the
+    L{BOTD2Protocol} as its transport) once the handshake is complete, lost
+    when that connection is.
+
+    @ivar app: the application protocol of the connection.
+    """
+
+    transport: BOTD2Protocol
+
+    @property
+    def app(self) -> Any:
+        return self.transport.app
+
+
+@implementer(IStreamClientEndpoint)
+class _AuthenticatedEndpoint:
+    """
+    An endpoint whose connections are complete BOTD #2 handshakes.
+
+    It dials only while we hold no complete connection to the peer (WIRE.md
+    section 7): while one exists, inbound or outbound, the dial waits for it
+    to end, so two nodes that C{--connect} to each other settle on one
+    connection instead of replacing each other at every retry.
+
+    C{ClientService} is handed a L{_PeerSession} only once the handshake is
+    complete.  (Its C{prepareConnection} hook cannot be used to wait for the
+    handshake: a connection lost while it waits, which is how a refused
+    handshake ends, meets no transition in C{ClientService}'s state machine.)
     """
 
     def __init__(self, node: PeerFactory, peer: PublicKey, endpoint: IStreamClientEndpoint):
@@ -38,8 +68,22 @@ class _DialWhenNoPeer:
         self.endpoint = endpoint
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        d = self.node.whenPeerGone(self.peer)
-        d.addCallback(lambda _: self.endpoint.connect(protocolFactory))
+        def dial(_: object) -> Deferred[Any]:
+            return self.node.connectEndpoint(self.endpoint, self.peer)
+
+        def authenticated(app: Any) -> IProtocol:
+            assert isinstance(app, PeerProtocol)
+            proto = app.transport
+            assert proto is not None
+            session = protocolFactory.buildProtocol(proto.getPeer())
+            assert session is not None
+            session.makeConnection(proto)
+            proto.whenLost().addCallback(lambda why: session.connectionLost(Failure(why)))
+            return session
+
+        d: Deferred[Any] = self.node.whenPeerGone(self.peer)
+        d.addCallback(dial)
+        d.addCallback(authenticated)
         return d
 
 
@@ -51,26 +95,22 @@ def persistentPeer(
 ) -> ClientService:
     """
     A service that keeps a connection to C{address}: it dials, waits for the
-    handshake (C{prepareConnection}), and redials with jittered exponential
-    backoff (1 s up to C{maxDelay}) whenever the connection ends or fails.
+    handshake, and redials with jittered exponential backoff (1 s up to
+    C{maxDelay}) whenever the connection ends or the attempt fails.
+    C{whenConnected()} gives a session whose C{app} is the application
+    protocol.
     """
     if endpoint is None:
         endpoint = HostnameEndpoint(
             node.reactor, address.host, address.port, timeout=node.handshakeTimeout
         )
-
-    def authenticated(proto: Any) -> Deferred[BOTD2Protocol]:
-        d: Deferred[BOTD2Protocol] = proto.whenAuthenticated()
-        return d
-
     service = ClientService(
-        _DialWhenNoPeer(node, address.node, endpoint),
-        _DialFactory(node, address.node, lambda proto: None),
+        _AuthenticatedEndpoint(node, address.node, endpoint),
+        Factory.forProtocol(_PeerSession),
         retryPolicy=backoffPolicy(
             initialDelay=1.0, maxDelay=maxDelay, factor=1.5, jitter=random.random
         ),
         clock=node.clock,
-        prepareConnection=authenticated,
     )
     service.setName(f"peer {address}")
     return service

@@ -1,0 +1,91 @@
+"""Persistent peers (ClientService with backoff) and the node service, in memory."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from botd2.keys import PeerAddress, PrivateKey
+from botd2.protocol import BOTD2Protocol, PeerFactory
+from botd2.service import persistentPeer
+from tests.support import Link, Recorder, address, app, dial
+
+
+class PersistentPeerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.a = PeerFactory(PrivateKey.from_int(0xA), protocol=Recorder, reactor=self.reactor)
+        self.b = PeerFactory(PrivateKey.from_int(0xB), protocol=Recorder, reactor=self.reactor)
+        self.address = PeerAddress(self.b.identity.public_key, "10.0.0.2", 9945)
+        endpoint = TCP4ClientEndpoint(self.reactor, "10.0.0.2", 9945)
+        self.service = persistentPeer(self.a, self.address, endpoint=endpoint, maxDelay=10)
+        self.addCleanup(self.service.stopService)
+
+    def completePending(self) -> Link:
+        """Join the newest pending TCP connect of node a to node b in memory."""
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        server = self.b.buildProtocol(address())
+        assert server is not None
+        link = Link(client, server, self.reactor)
+        link.flush()
+        # the endpoint wraps our protocol
+        link.client = client._wrappedProtocol
+        return link
+
+    def test_connects_and_reconnects(self) -> None:
+        self.service.startService()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        link = self.completePending()
+        self.assertIn(self.b.identity.public_key, self.a.peers)
+        d = self.service.whenConnected()
+        session = self.successResultOf(d)
+        self.assertIs(session.app, link.client.app)
+        self.assertTrue(link.client.authenticated)
+        # the peer goes away: after a backoff of at most 10 s, a.dials again
+        link.serverIO.loseConnection()
+        link.flush()
+        self.assertNotIn(self.b.identity.public_key, self.a.peers)
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.completePending()
+        self.assertIn(self.b.identity.public_key, self.a.peers)
+
+    def test_failed_handshake_is_retried(self) -> None:
+        self.service.startService()
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        other = PeerFactory(PrivateKey.from_int(0xC), protocol=Recorder, reactor=self.reactor)
+        server = other.buildProtocol(address())  # the wrong node answers
+        assert server is not None
+        Link(client, server, self.reactor).flush()
+        self.assertEqual(self.a.peers, {})
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_waits_while_a_connection_exists(self) -> None:
+        """
+        While b holds a connection to a (here one b dialled), a's persistent
+        dial waits instead of replacing it; it dials once that one is gone.
+        """
+        inbound = dial(self.b, self.a)
+        self.assertIn(self.b.identity.public_key, self.a.peers)
+        self.service.startService()
+        self.reactor.advance(100)
+        self.assertEqual(self.reactor.tcpClients, [])
+        inbound.clientIO.loseConnection()
+        inbound.flush()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_stop(self) -> None:
+        self.service.startService()
+        link = self.completePending()
+        proto = self.a.peers[self.b.identity.public_key]
+        self.assertIsInstance(proto, BOTD2Protocol)
+        stopped = self.service.stopService()
+        self.assertTrue(proto.disconnecting)
+        link.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(app(proto).lost[0].value.reason, "closed by the application")
