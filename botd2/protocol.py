@@ -29,6 +29,7 @@ transport can pause a registered producer in time.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -554,8 +555,8 @@ class BOTD2Protocol(Protocol):
             failure = errors.HandshakeTimeout(why.reason)
         elif isinstance(why, errors.ClosedByPeer):
             failure = errors.HandshakeFailed(
-                "the peer closed the connection during the handshake "
-                "(a wrong node ID, or it does not allow our key)"
+                "the peer closed the connection during the handshake (a wrong "
+                "node ID, a node that does not allow our key, or one too busy)"
             )
         else:
             failure = errors.HandshakeFailed(f"handshake failed: {why}")
@@ -659,6 +660,21 @@ class BOTD2Protocol(Protocol):
         self.abortConnection()
 
 
+def _sourceKey(address: object) -> str | None:
+    """
+    What the per-address handshake cap counts by: the IPv4 address, or the
+    /64 of an IPv6 address (one host commonly holds a whole /64).
+    """
+    host: str | None = getattr(address, "host", None)
+    if host is None or ":" not in host:
+        return host
+    try:
+        network = ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False)
+    except ValueError:
+        return host
+    return str(network)
+
+
 def _formatAddress(address: object) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
@@ -756,7 +772,7 @@ class PeerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress) -> BOTD2Protocol | None:  # type: ignore[override]
         """An inbound connection: admitted, or refused at once beyond a cap."""
-        host = getattr(addr, "host", None)
+        host = _sourceKey(addr)
         refusal = None
         if len(self.connections) >= self.maxConnections:
             refusal = f"{self.maxConnections} connections already"

@@ -466,6 +466,15 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual([p is not None for p in same], [True, True, True, False])
         self.assertIsNotNone(b.buildProtocol(address("10.0.0.2")))
 
+    def test_handshake_cap_per_ipv6_64(self) -> None:
+        """One host commonly holds a whole IPv6 /64: the cap counts by /64."""
+        from twisted.internet.address import IPv6Address
+
+        b = node(B_SEED, maxHandshakesPerAddress=2)
+        same64 = [b.buildProtocol(IPv6Address("TCP", f"2001:db8::{k}", 1)) for k in range(3)]
+        self.assertEqual([p is not None for p in same64], [True, True, False])
+        self.assertIsNotNone(b.buildProtocol(IPv6Address("TCP", "2001:db8:0:1::1", 1)))
+
     def test_handshake_cap_total(self) -> None:
         b = node(B_SEED, maxHandshakes=5, maxHandshakesPerAddress=100)
         protos = [b.buildProtocol(address(f"10.0.0.{k}")) for k in range(6)]
