@@ -360,6 +360,7 @@ class BOTD2Protocol(Protocol):
         if not kept:
             self._closeWithError(errors.Replaced(why), why)
             return
+        self.connection.release_ciphers()
         self.keepalive = KeepAlive(self.factory.pingInterval, self.factory.pongTimeout)
         self.keepalive.start(self._now())
         self._scheduleKeepAlive()
@@ -396,12 +397,16 @@ class BOTD2Protocol(Protocol):
             self._protocolError("ping_flood", "Pings less than 30 s apart")
             return
         self.connection.send_pong(pingID)
+        # A keep-alive round is a quiet moment: let idle connections shed
+        # their cipher contexts (remade on the next frame).
+        self.connection.release_ciphers()
 
     def _pongReceived(self, pingID: str) -> None:
         assert self.keepalive is not None
         now = self._now()
         if not self.keepalive.pongReceived(pingID, now):
             return  # WIRE.md section 6: a Pong for no outstanding Ping is ignored
+        self.connection.release_ciphers()
         waiters, self._pingWaiters = self._pingWaiters, []
         for waitedID, sentAt, d in waiters:
             if waitedID == pingID:
