@@ -351,7 +351,13 @@ class BOTD2Protocol(Protocol):
         elif isinstance(event, ErrorReceived):
             self._close(errors.PeerError(event.message), abort=not self.authenticated)
         elif isinstance(event, ConnectionFailed):
-            self._protocolError(event.code, event.reason)
+            # The sans-IO connection has closed and queued what the rules
+            # allow (an Error, or nothing): send that, add nothing.
+            self._logProtocolError(event.code, event.reason)
+            self._close(
+                errors.ProtocolViolation(event.code, event.reason),
+                abort=not self.authenticated or event.code == "bad_tag",
+            )
 
     def _handshakeComplete(self, event: HandshakeComplete) -> None:
         self._cancelTimer()
@@ -416,6 +422,11 @@ class BOTD2Protocol(Protocol):
         self._scheduleKeepAlive()
 
     def _protocolError(self, code: str, reason: str) -> None:
+        """A rule broken that this layer saw (flood, bad payload): Error, close."""
+        self._logProtocolError(code, reason)
+        self._closeWithError(errors.ProtocolViolation(code, reason), reason)
+
+    def _logProtocolError(self, code: str, reason: str) -> None:
         _log.warn(
             "botd2 protocol error from {peer} at {address}: {code}: {reason}",
             peer=self.peer.nodeID if self.peer else "(unauthenticated)",
@@ -423,7 +434,6 @@ class BOTD2Protocol(Protocol):
             code=code,
             reason=reason,
         )
-        self._closeWithError(errors.ProtocolViolation(code, reason), reason)
 
     # Timers ------------------------------------------------------------------
 
