@@ -78,6 +78,10 @@ def _ping(args: argparse.Namespace) -> int:
         identity = load_key_file(args.key) if args.key else PrivateKey.generate()
     except KeyFileError as e:
         return _fail(str(e))
+    if identity.public_key == address.node:
+        return _fail(
+            f"{args.key} is the key of {address.node.node_id}: a node does not ping itself"
+        )
     status: list[int] = []
     task.react(_pingMain, (address, identity, args.count, args.timeout, status))
     return status[0] if status else EXIT_FAILURE  # pragma: no cover - react exits
@@ -112,7 +116,10 @@ def _pingMain(
             except errors.Disconnected as e:
                 raise SystemExit(_fail(f"{address} closed the connection: {e}")) from None
             print(f"pong from {address}: seq={n} rtt {rtt * 1000:.1f} ms", flush=True)
+        # Say goodbye, and let the Error reach the node before the reactor stops.
+        lost = proto.transport.whenLost()
         proto.disconnect("ping done")
+        yield lost.addTimeout(timeout, reactor).addErrback(lambda _: None)
         status.append(EXIT_OK)
 
     return run()

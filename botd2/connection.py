@@ -52,11 +52,12 @@ from botd2.handshake import (
 from botd2.keys import PrivateKey, PublicKey
 from botd2.messages import (
     DecodeError,
+    encode_payload,
     is_valid_id,
     new_id,
-    pack,
     parse_envelope,
     printable_error_message,
+    split_payload,
     truncate_error_message,
 )
 
@@ -115,9 +116,21 @@ class PongReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class PayloadReceived(Event):
-    """An application message, still packed."""
+    """
+    An application message, still packed.
 
-    payload: any_pb2.Any
+    @ivar type_url: the C{Any}'s type URL.
+    @ivar value: the C{Any}'s value, the serialized message (bytes-like: a
+        view into the decrypted frame, not a copy).
+    """
+
+    type_url: str
+    value: bytes | memoryview
+
+    @property
+    def payload(self) -> any_pb2.Any:
+        """The payload as a C{google.protobuf.Any}."""
+        return any_pb2.Any(type_url=self.type_url, value=bytes(self.value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +270,10 @@ class Connection:
 
     def send_payload(self, message: Message | any_pb2.Any) -> None:
         """Queue an application message (packed in C{Any} unless it is one)."""
-        if not isinstance(message, any_pb2.Any):
-            message = pack(message)
-        self.send_envelope(Envelope(payload=message))
+        if isinstance(message, any_pb2.Any):
+            self.send_envelope(Envelope(payload=message))
+        else:
+            self.send_envelope_bytes(encode_payload(message))
 
     def send_ping(self, ping_id: str | None = None) -> str:
         """Queue a Ping; return its id. Keep-alive timing is the caller's."""
@@ -375,13 +389,18 @@ class Connection:
             events.append(HandshakeComplete(self.peer, self.keys.th))
         if plaintext == _EMPTY_ENVELOPE:
             return
+        if plaintext[0] == 0x32:
+            payload = split_payload(plaintext)
+            if payload is not None:
+                events.append(PayloadReceived(*payload))
+                return
         try:
             envelope = parse_envelope(plaintext)
         except DecodeError:
             raise _Fail("parse_error", "transport frame holds no valid Envelope", True) from None
         kind = envelope.WhichOneof("body")
         if kind == "payload":
-            events.append(PayloadReceived(envelope.payload))
+            events.append(PayloadReceived(envelope.payload.type_url, envelope.payload.value))
         elif kind == "ping":
             if not is_valid_id(envelope.ping.id):
                 raise _Fail("bad_id", "Ping id is empty or longer than 64 bytes", True)

@@ -102,10 +102,14 @@ class PayloadTypes:
 
         @raise DecodeError: the type is handled but the bytes do not parse.
         """
-        cls = self._classes.get(payload.type_url)
+        return self.unpack_value(payload.type_url, payload.value)
+
+    def unpack_value(self, type_url: str, value: bytes | memoryview) -> Message | None:
+        """As L{unpack}, from the two fields of the C{Any}."""
+        cls = self._classes.get(type_url)
         if cls is None:
             return None
-        return cls.FromString(payload.value)
+        return cls.FromString(value)  # type: ignore[arg-type]  # upb takes any buffer
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -115,4 +119,95 @@ def pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-__all__ += ["DecodeError", "pack", "TYPE_URL_PREFIX"]
+# The payload fast paths ------------------------------------------------------
+#
+# Nearly every frame of a busy connection is an Envelope{payload}.  The
+# generic protobuf route packs the message into an Any, copies the Any into
+# an Envelope and serializes that: three copies of the message bytes.  Here
+# the Envelope is written directly, canonically (fields in order, defaults
+# left out), which is byte for byte what protobuf writes:
+#
+#     Envelope.payload (field 6, bytes)  0x32 varint(len(any)) any
+#     Any.type_url     (field 1, string) 0x0a varint(len(url)) url   (if url)
+#     Any.value        (field 2, bytes)  0x12 varint(len(value)) value (if value)
+#
+# and read back the same way when the Envelope has exactly that shape; any
+# other encoding (unknown fields, repeats, another order) goes to protobuf.
+
+_TYPE_URLS: dict[type[Message], bytes] = {}
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A varint at C{pos}: (value, next position); (-1, end) if malformed."""
+    result = shift = 0
+    while pos < end and shift < 35:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+    return -1, end
+
+
+def encode_payload(message: Message) -> bytes:
+    """The serialized C{Envelope{payload = Any(message)}}, canonically."""
+    cls = type(message)
+    url = _TYPE_URLS.get(cls)
+    if url is None:
+        url = (TYPE_URL_PREFIX + message.DESCRIPTOR.full_name).encode("utf-8")
+        url = _TYPE_URLS[cls] = b"\x0a" + _varint(len(url)) + url
+    value = message.SerializeToString()
+    if value:
+        head = b"\x12" + _varint(len(value))
+        size = len(url) + len(head) + len(value)
+        return b"".join((b"\x32", _varint(size), url, head, value))
+    return b"\x32" + _varint(len(url)) + url
+
+
+def split_payload(envelope: bytes) -> tuple[str, memoryview] | None:
+    """
+    The type URL and value of a canonical C{Envelope{payload}}, without
+    copying the value; C{None} when the bytes have any other shape (then
+    protobuf parses them, and decides).
+    """
+    end = len(envelope)
+    if not end or envelope[0] != 0x32:
+        return None
+    size, pos = _read_varint(envelope, 1, end)
+    if pos + size != end:
+        return None
+    url = ""
+    if pos < end and envelope[pos] == 0x0A:
+        n, start = _read_varint(envelope, pos + 1, end)
+        pos = start + n
+        if n < 0 or pos > end:
+            return None
+        try:
+            url = envelope[start:pos].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    value = memoryview(b"")
+    if pos < end and envelope[pos] == 0x12:
+        n, start = _read_varint(envelope, pos + 1, end)
+        pos = start + n
+        if n < 0 or pos > end:
+            return None
+        value = memoryview(envelope)[start:pos]
+    if pos != end:
+        return None
+    return url, value
+
+
+__all__ += ["DecodeError", "pack", "TYPE_URL_PREFIX", "encode_payload", "split_payload"]

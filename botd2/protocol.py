@@ -341,7 +341,7 @@ class BOTD2Protocol(Protocol):
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, PayloadReceived):
-            self._payloadReceived(event.payload)
+            self._payloadReceived(event)
         elif isinstance(event, HandshakeComplete):
             self._handshakeComplete(event)
         elif isinstance(event, PingReceived):
@@ -384,16 +384,16 @@ class BOTD2Protocol(Protocol):
             for d in waiters:
                 d.callback(self)
 
-    def _payloadReceived(self, payload: any_pb2.Any) -> None:
+    def _payloadReceived(self, event: PayloadReceived) -> None:
         try:
-            message = self.app.payloadTypes().unpack(payload)
+            message = self.app.payloadTypes().unpack_value(event.type_url, event.value)
         except DecodeError:
             self._protocolError(
-                "bad_payload", f"payload of type {payload.type_url[:100]} does not parse"
+                "bad_payload", f"payload of type {event.type_url[:100]} does not parse"
             )
             return
         if message is None:
-            self._callApp(self.app.unhandledPayload, payload)
+            self._callApp(self.app.unhandledPayload, event.payload)
         else:
             self._callApp(self.app.messageReceived, message)
 

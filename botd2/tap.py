@@ -54,12 +54,12 @@ class Options(usage.Options):
          "(e.g. botd2.echo.EchoPeer)."],
         ["allow-file", None, None,
          "Only these nodes may connect: a file of node IDs, one per line ('#' comments)."],
-        ["ping-interval", None, 60.0, "Seconds between keep-alive Pings (at least 30).", float],
-        ["pong-timeout", None, 30.0, "Seconds to wait for a Pong before closing.", float],
-        ["handshake-timeout", None, DEFAULT_HANDSHAKE_TIMEOUT,
-         "Seconds a connection may take to complete its handshake.", float],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
-         "Most connections held at once, complete or not.", int],
+        ["ping-interval", None, "60", "Seconds between keep-alive Pings (at least 30)."],
+        ["pong-timeout", None, "30", "Seconds to wait for a Pong before closing."],
+        ["handshake-timeout", None, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}",
+         "Seconds a connection may take to complete its handshake."],
+        ["max-connections", None, str(DEFAULT_MAX_CONNECTIONS),
+         "Most connections held at once, complete or not."],
     ]
 
     def __init__(self) -> None:
@@ -92,9 +92,23 @@ class Options(usage.Options):
             raise SystemExit(f"{_COMMAND}: {e} (see {_COMMAND} --help)") from None
 
     def postOptions(self) -> None:
+        # Converted here rather than by usage's coercion, whose message does
+        # not name the option.
         for name in ("ping-interval", "pong-timeout", "handshake-timeout"):
+            try:
+                self[name] = float(self[name])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{name} {self[name]!r}: not a number of seconds"
+                ) from None
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        try:
+            self["max-connections"] = int(self["max-connections"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--max-connections {self['max-connections']!r}: not a whole number"
+            ) from None
         if self["ping-interval"] < 30:
             raise usage.UsageError("--ping-interval must be at least 30 seconds (WIRE.md §6)")
         if self["max-connections"] < 1:
@@ -112,6 +126,12 @@ class Options(usage.Options):
             raise SystemExit(f"{_COMMAND}: {e}") from None
         self["keyCreated"] = created
         self["keyPath"] = path
+        ours = self["identity"].public_key
+        for address in self["connect"]:
+            if address.node == ours:
+                raise SystemExit(
+                    f"{_COMMAND}: --connect {address}: that is this node's own ID"
+                )
 
 
 def _endpointDescription(port: str) -> str:

@@ -314,7 +314,7 @@ class ReceiveBufferTests(SynchronousTestCase):
         events: list[Event] = []
         for k in range(len(frame)):
             events += i.receive_data(frame[k : k + 1])
-        self.assertEqual(events, [PayloadReceived(envelope.payload)])
+        self.assertEqual(events, [received(envelope.payload)])
         self.assertFalse(i.closed)
 
 
@@ -360,12 +360,17 @@ def packed(message: Message) -> any_pb2.Any:
     return out
 
 
+def received(payload: any_pb2.Any) -> PayloadReceived:
+    """The event a payload makes at the receiver."""
+    return PayloadReceived(payload.type_url, payload.value)
+
+
 #: Something a sender does, and the events it must make at the receiver.
 Step = tuple[Callable[[Connection], object], list[Event]]
 
 
 def payload(message: Message) -> Step:
-    return (lambda c: c.send_payload(message), [PayloadReceived(packed(message))])
+    return (lambda c: c.send_payload(message), [received(packed(message))])
 
 
 def ping(ping_id: str) -> Step:
@@ -714,7 +719,7 @@ class TamperingTests(SynchronousTestCase):
                 events = i.receive_data(frame + frame)
             else:
                 events = i.receive_data(frame) + i.receive_data(frame)
-            self.assertEqual(events[0], PayloadReceived(packed(StringValue(value="once"))))
+            self.assertEqual(events[0], received(packed(StringValue(value="once"))))
             self.assertFailed(events[1:], "bad_tag")
             self.assertEqual(i.data_to_send(), b"")
 
