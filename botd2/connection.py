@@ -294,6 +294,13 @@ class Connection:
             self.send_envelope(Envelope(error=error))
         self.close()
 
+    def forget_keys(self) -> None:
+        """
+        Drop L{keys} (ss, th, okm): the cipher states hold what is needed,
+        and rekeying then leaves no copy of an earlier key behind.
+        """
+        self.keys = None
+
     def release_ciphers(self) -> None:
         """
         Drop both directions' AESGCM objects until their next frame: an idle

@@ -71,6 +71,7 @@ from botd2.connection import (
     Responder,
 )
 from botd2.frames import MAX_MESSAGE
+from botd2.handshake import TransportKeys
 from botd2.keepalive import DEFAULT_INTERVAL, DEFAULT_PONG_TIMEOUT, KeepAlive
 from botd2.keys import PeerAddress, PrivateKey, PublicKey
 from botd2.messages import PayloadTypes
@@ -366,6 +367,9 @@ class BOTD2Protocol(Protocol):
         if not kept:
             self._closeWithError(errors.Replaced(why), why)
             return
+        if self.factory.keyLog is not None and self.connection.keys is not None:
+            self.factory.keyLog(self, self.connection.keys)
+        self.connection.forget_keys()
         self.connection.release_ciphers()
         self.keepalive = KeepAlive(self.factory.pingInterval, self.factory.pongTimeout)
         self.keepalive.start(self._now())
@@ -709,6 +713,9 @@ class PeerFactory(Factory):
     application's L{PeerProtocol} subclass.
 
     @ivar identity: our static key.
+    @ivar keyLog: for debugging only, like TLS's SSLKEYLOGFILE: called with
+        each connection and its session keys when its handshake completes
+        (otherwise the keys are forgotten then). Never set it in production.
     @ivar peers: the complete connection kept for each peer (WIRE.md §7).
     @ivar clock: the clock of every timer.
     """
@@ -731,6 +738,7 @@ class PeerFactory(Factory):
         maxHandshakesPerAddress: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         maxMessage: int = MAX_MESSAGE,
+        keyLog: Callable[[BOTD2Protocol, TransportKeys], object] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -766,6 +774,7 @@ class PeerFactory(Factory):
         self.maxHandshakesPerAddress = maxHandshakesPerAddress
         self.maxConnections = maxConnections
         self.maxMessage = maxMessage
+        self.keyLog = keyLog
         self.peers: dict[PublicKey, BOTD2Protocol] = {}
         self.connections: set[BOTD2Protocol] = set()
         self._handshaking: dict[BOTD2Protocol, str | None] = {}

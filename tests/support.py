@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from botd2.connection import Connection
+from botd2.handshake import TransportKeys
 from botd2.keys import PrivateKey
 from botd2.protocol import BOTD2Protocol, PeerFactory, PeerProtocol
 
@@ -55,7 +56,13 @@ def node(
     """A node on a Clock, with the Recorder application."""
     identity = PrivateKey.from_int(seed) if seed else PrivateKey.generate()
     kwargs.setdefault("protocol", Recorder)
+    # Keep each connection's session keys on it, so tests can read the wire.
+    kwargs.setdefault("keyLog", rememberKeys)
     return PeerFactory(identity, clock=clock or Clock(), **kwargs)
+
+
+def rememberKeys(proto: BOTD2Protocol, keys: TransportKeys) -> None:
+    proto.sessionKeys = keys  # type: ignore[attr-defined]
 
 
 def address(host: str = "127.0.0.1") -> IPv4Address:

@@ -749,3 +749,58 @@ class ConnectTests(SynchronousTestCase):
         d = self.a.connectEndpoint(self.endpoint, self.b.identity.public_key)
         d.cancel()
         self.failureResultOf(d, defer.CancelledError, ConnectingCancelledError)
+
+
+class SecretsTests(SynchronousTestCase):
+    """
+    WIRE.md section 4: the ephemeral private half goes as soon as the
+    transport keys exist; nothing reachable from a live connection holds it,
+    nor ss or okm (the cipher states hold only the current keys).
+    """
+
+    def reachable(self, root: object) -> list[object]:
+        import gc
+        import types
+
+        skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+                types.CodeType, types.MethodType)
+        seen: set[int] = set()
+        out: list[object] = []
+        stack: list[object] = [root]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen or isinstance(obj, skip):
+                continue
+            seen.add(id(obj))
+            out.append(obj)
+            stack.extend(gc.get_referents(obj))
+        return out
+
+    def test_no_ephemeral_secret_after_handshake(self) -> None:
+        clock = Clock()
+        a = PeerFactory(PrivateKey.from_int(A_SEED), protocol=Recorder, clock=clock)
+        b = PeerFactory(PrivateKey.from_int(B_SEED), protocol=Recorder, clock=clock)
+        i_e, r_e = PrivateKey.generate(), PrivateKey.generate()
+        client = a.wrap(Initiator(a.identity, b.identity.public_key, ephemeral=i_e))
+        server = b.wrap(Responder(b.identity, ephemeral=r_e))
+        # what must not stay: the ephemeral secrets, and ss and okm
+        forbidden = {i_e.secret_bytes(), r_e.secret_bytes()}
+        Link(client, server, clock).flush()
+        self.assertTrue(client.authenticated and server.authenticated)
+        ss = i_e.ecdh(r_e.public_key)
+        forbidden.add(ss)
+        for proto, ephemeral in ((client, i_e), (server, r_e)):
+            objects = self.reachable(proto)
+            # the walk does reach the connection's live state
+            self.assertIn(proto.connection, objects)
+            self.assertIn(proto.connection._send, objects)
+            keys = [o for o in objects if isinstance(o, PrivateKey)]
+            self.assertNotIn(ephemeral, keys)
+            # only static identities remain
+            self.assertLessEqual(
+                {k.public_key for k in keys}, {a.identity.public_key, b.identity.public_key}
+            )
+            secrets = [o for o in objects if isinstance(o, bytes) and o in forbidden]
+            self.assertEqual(secrets, [])
+            self.assertIsNone(proto.connection.keys)
+            self.assertIsNone(proto.connection._ephemeral)
