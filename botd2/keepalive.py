@@ -38,6 +38,11 @@ class KeepAlive:
     @ivar lastPingArrival: when the peer's last Ping arrived.
     """
 
+    __slots__ = (
+        "interval", "pongTimeout", "outstanding", "sentAt", "nextPingAt", "lastPongAt",
+        "lastPingArrival",
+    )
+
     def __init__(
         self, interval: float = DEFAULT_INTERVAL, pongTimeout: float = DEFAULT_PONG_TIMEOUT
     ) -> None:

@@ -102,7 +102,7 @@ CLOSE_GRACE: Final = 10.0
 _log = Logger(namespace="botd2")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerInfo:
     """
     Who is on the other end of an authenticated connection.
@@ -250,6 +250,7 @@ class BOTD2Protocol(Protocol):
     """
 
     transport: Any
+    factory: PeerFactory
     peer: PeerInfo | None = None
     keepalive: KeepAlive | None = None
     authenticated = False
@@ -259,18 +260,24 @@ class BOTD2Protocol(Protocol):
     _flushCall: IDelayedCall | None = None
     _inReceive = False
     _lostCalled = False
+    # Made on first use: most connections never need them, and an idle
+    # connection's size is what a node with 10,000 of them pays for.
+    _pingWaiters: list[tuple[str, float, Deferred[float]]] | None = None
+    _handshakeWaiters: list[Deferred[BOTD2Protocol]] | None = None
+    _lostWaiters: list[Deferred[errors.Disconnected]] | None = None
 
     def __init__(self, factory: PeerFactory, connection: Connection, app: PeerProtocol) -> None:
         self.factory = factory
         self.connection = connection
         self.app = app
         self.initiator = isinstance(connection, Initiator)
-        self._clock = factory.clock
-        self._now = factory._now
-        self._pingWaiters: list[tuple[str, float, Deferred[float]]] = []
-        self._handshakeWaiters: list[Deferred[BOTD2Protocol]] = []
-        self._lostWaiters: list[Deferred[errors.Disconnected]] = []
-        self._producer: IProducer | None = None
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return self.factory.clock
+
+    def _now(self) -> float:
+        return self.factory._now()
 
     def __repr__(self) -> str:
         who = self.peer.nodeID[:16] if self.peer else "?"
@@ -327,14 +334,14 @@ class BOTD2Protocol(Protocol):
             authenticated=self.authenticated,
         )
         failure = Failure(why)
-        for _, _, d in self._pingWaiters:
+        pings, self._pingWaiters = self._pingWaiters or [], None
+        for _, _, d in pings:
             d.errback(failure)
-        self._pingWaiters = []
         if self.authenticated:
-            self.app.connectionLost(failure)
+            self._callApp(self.app.connectionLost, failure)
         else:
             self._failHandshakeWaiters(why)
-        waiters, self._lostWaiters = self._lostWaiters, []
+        waiters, self._lostWaiters = self._lostWaiters or [], None
         for lost in waiters:
             lost.callback(why)
 
@@ -384,7 +391,7 @@ class BOTD2Protocol(Protocol):
         )
         self._callApp(self.app.makeConnection, self)
         if not self.disconnecting:
-            waiters, self._handshakeWaiters = self._handshakeWaiters, []
+            waiters, self._handshakeWaiters = self._handshakeWaiters or [], None
             for d in waiters:
                 d.callback(self)
 
@@ -417,12 +424,10 @@ class BOTD2Protocol(Protocol):
         if not self.keepalive.pongReceived(pingID, now):
             return  # WIRE.md section 6: a Pong for no outstanding Ping is ignored
         self.connection.release_ciphers()
-        waiters, self._pingWaiters = self._pingWaiters, []
-        for waitedID, sentAt, d in waiters:
-            if waitedID == pingID:
-                d.callback(now - sentAt)
-            else:  # pragma: no cover - one Ping is outstanding at a time
-                self._pingWaiters.append((waitedID, sentAt, d))
+        # One Ping is outstanding at a time, so any waiter waits for this Pong.
+        waiters, self._pingWaiters = self._pingWaiters or [], None
+        for _, sentAt, d in waiters:
+            d.callback(now - sentAt)
         self._scheduleKeepAlive()
 
     def _protocolError(self, code: str, reason: str) -> None:
@@ -566,7 +571,7 @@ class BOTD2Protocol(Protocol):
             )
 
     def _failHandshakeWaiters(self, why: errors.Disconnected) -> None:
-        waiters, self._handshakeWaiters = self._handshakeWaiters, []
+        waiters, self._handshakeWaiters = self._handshakeWaiters or [], None
         if not waiters:
             return
         failure: errors.ConnectFailed
@@ -591,6 +596,8 @@ class BOTD2Protocol(Protocol):
         if self.disconnecting or self._lostCalled:
             return defer.fail(errors.HandshakeFailed(f"connection closed: {self._reason}"))
         d: Deferred[BOTD2Protocol] = Deferred()
+        if self._handshakeWaiters is None:
+            self._handshakeWaiters = []
         self._handshakeWaiters.append(d)
         return d
 
@@ -603,6 +610,8 @@ class BOTD2Protocol(Protocol):
             assert self._reason is not None
             return defer.succeed(self._reason)
         d: Deferred[errors.Disconnected] = Deferred()
+        if self._lostWaiters is None:
+            self._lostWaiters = []
         self._lostWaiters.append(d)
         return d
 
@@ -649,6 +658,8 @@ class BOTD2Protocol(Protocol):
             )
         d: Deferred[float] = Deferred()
         pingID = self._sendPing(now)
+        if self._pingWaiters is None:
+            self._pingWaiters = []
         self._pingWaiters.append((pingID, now, d))
         self._scheduleKeepAlive()
         return d
@@ -661,11 +672,9 @@ class BOTD2Protocol(Protocol):
 
     # IConsumer: the application's producer is paused when TCP's buffer is full.
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._producer = producer
         self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._producer = None
         self.transport.unregisterProducer()
 
     # IPushProducer: the application pausing us stops reading from TCP.

@@ -536,18 +536,18 @@ class KeepAlivePolicyTests(SynchronousTestCase):
         """A Pong for no outstanding Ping returns False and leaves every field alone."""
         ka = KeepAlive()
         ka.start(0.0)
-        before = dict(vars(ka))
+        before = {name: getattr(ka, name) for name in KeepAlive.__slots__}
         self.assertFalse(ka.pongReceived("p0", 10.0))  # nothing outstanding
-        self.assertEqual(vars(ka), before)
+        self.assertEqual({name: getattr(ka, name) for name in KeepAlive.__slots__}, before)
         ka.pingSent("p1", 60.0)
-        before = dict(vars(ka))
+        before = {name: getattr(ka, name) for name in KeepAlive.__slots__}
         for wrong in ("p2", "", "P1", "p1 "):
             self.assertFalse(ka.pongReceived(wrong, 70.0))
-            self.assertEqual(vars(ka), before)
+            self.assertEqual({name: getattr(ka, name) for name in KeepAlive.__slots__}, before)
         self.assertTrue(ka.pongReceived("p1", 71.0))
-        before = dict(vars(ka))
+        before = {name: getattr(ka, name) for name in KeepAlive.__slots__}
         self.assertFalse(ka.pongReceived("p1", 72.0))  # a duplicate is unknown now
-        self.assertEqual(vars(ka), before)
+        self.assertEqual({name: getattr(ka, name) for name in KeepAlive.__slots__}, before)
 
     def test_ping_flood_rule(self) -> None:
         """A Ping under 30 s after the previous one is a flood; exactly 30 s is not."""
