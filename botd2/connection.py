@@ -31,7 +31,9 @@ from google.protobuf.message import Message
 
 from botd2.botd2_pb2 import Envelope, Error, Ping, Pong
 from botd2.frames import (
+    _LENGTH,
     HANDSHAKE_MAX_LENGTH,
+    LENGTH_SIZE,
     MAX_MESSAGE,
     TAG_SIZE,
     BadTag,
@@ -114,7 +116,7 @@ class PongReceived(Event):
     ping_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PayloadReceived(Event):
     """
     An application message, still packed.
@@ -159,6 +161,9 @@ class ConnectionFailed(Event):
 
 
 _EMPTY_ENVELOPE: Final = b""
+_LENGTH_UNPACK: Final = _LENGTH.unpack_from
+#: Frames smaller than this are queued as one chunk, header and body joined.
+_JOIN_BELOW: Final = 4096
 
 
 class Connection:
@@ -196,7 +201,9 @@ class Connection:
         self.keys: TransportKeys | None = None
         self.max_message = max_message
         self._new_id = ids
-        self._ephemeral: PrivateKey | None = ephemeral or PrivateKey.generate()
+        # Made when first needed (a stranger who never sends an Init costs no
+        # key generation), unless a test injects one.
+        self._ephemeral: PrivateKey | None = ephemeral
         self._handshake_body: bytes | None = None
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
@@ -260,10 +267,17 @@ class Connection:
             raise MessageTooLarge(
                 f"an Envelope of {len(envelope)} bytes is larger than {MAX_MESSAGE}"
             )
-        if not self.can_send:
+        if self.state is not State.OPEN and not self.can_send:
             raise NotReady(f"cannot send in state {self.state.value}")
         assert self._send is not None
-        self._queue(*self._send.seal(envelope))
+        header, body = self._send.seal(envelope)
+        if len(body) < _JOIN_BELOW:
+            # one chunk: cheaper for writeSequence than two tiny ones
+            self._out.append(header + body)
+        else:
+            self._out.append(header)
+            self._out.append(body)
+        self._out_size += 4 + len(body)
 
     def send_envelope(self, envelope: Envelope) -> None:
         self.send_envelope_bytes(envelope.SerializeToString())
@@ -312,6 +326,13 @@ class Connection:
         if self._recv is not None:
             self._recv.release()
 
+    def release_idle_ciphers(self) -> None:
+        """L{release_ciphers}, each direction only if idle since the last call."""
+        if self._send is not None:
+            self._send.release_if_idle()
+        if self._recv is not None:
+            self._recv.release_if_idle()
+
     def close(self) -> None:
         """Stop: nothing more is received or sent, secrets are dropped."""
         self.state = State.CLOSED
@@ -332,30 +353,12 @@ class Connection:
         if self.state is State.START:
             raise NotReady("initiate() first")
         events: list[Event] = []
-        buf = self._buffer
-        buf.feed(data)
+        self._buffer.feed(data)
         try:
-            while (length := buf.peek_length()) is not None:
-                if self._recv is None:
-                    if not 0 < length <= HANDSHAKE_MAX_LENGTH:
-                        raise _Fail("bad_length", f"handshake frame length {length}", False)
-                    if not buf.has(length):
-                        break
-                    self._handshake_frame(buf.take_body(length), events)
-                else:
-                    if not TAG_SIZE <= length <= TAG_SIZE + self.max_message:
-                        raise _Fail("bad_length", f"transport frame length {length}", True)
-                    if not buf.has(length):
-                        break
-                    try:
-                        plaintext = buf.open_frame(self._recv, length)
-                    except BadTag:
-                        raise _Fail(
-                            "bad_tag", "transport frame failed authentication", False
-                        ) from None
-                    self._transport_frame(plaintext, events)
-                if self.closed:
-                    return events
+            if self.state is not State.OPEN:
+                self._receive_handshake(events)
+            if self.state is State.OPEN:
+                self._receive_transport(events)
         except _Fail as f:
             if self.state is State.OPEN and f.send_error:
                 self.send_error(f.reason)
@@ -367,8 +370,78 @@ class Connection:
             self.close()
             events.append(ConnectionFailed(f.code, f.reason))
             return events
-        buf.compact()
+        self._buffer.compact()
         return events
+
+    def _receive_handshake(self, events: list[Event]) -> None:
+        """Frames until the handshake is complete (or the data ends)."""
+        buf = self._buffer
+        while (length := buf.peek_length()) is not None:
+            if self._recv is None:
+                if not 0 < length <= HANDSHAKE_MAX_LENGTH:
+                    raise _Fail("bad_length", f"handshake frame length {length}", False)
+                if not buf.has(length):
+                    return
+                self._handshake_frame(buf.take_body(length), events)
+            else:
+                if not TAG_SIZE <= length <= TAG_SIZE + self.max_message:
+                    raise _Fail("bad_length", f"transport frame length {length}", True)
+                if not buf.has(length):
+                    return
+                try:
+                    plaintext = buf.open_frame(self._recv, length)
+                except BadTag:
+                    raise _Fail(
+                        "bad_tag", "transport frame failed authentication", False
+                    ) from None
+                self._transport_frame(plaintext, events)
+            if self.state is State.OPEN or self.closed:
+                return
+
+    def _receive_transport(self, events: list[Event]) -> None:
+        """
+        The hot loop: every frame of an open connection.  The same rules as
+        L{_receive_handshake} for transport frames, with the common case (a
+        canonical payload) handled inline and the body decrypted in place.
+        """
+        buf = self._buffer
+        data, pos = buf._buf, buf._pos
+        end = len(data)
+        if end - pos < LENGTH_SIZE:
+            return
+        recv = self._recv
+        assert recv is not None
+        limit = TAG_SIZE + self.max_message
+        unpack = _LENGTH_UNPACK
+        append = events.append
+        view = memoryview(data)
+        try:
+            while end - pos >= LENGTH_SIZE:
+                (length,) = unpack(data, pos)
+                if length < TAG_SIZE or length > limit:
+                    raise _Fail("bad_length", f"transport frame length {length}", True)
+                start = pos + LENGTH_SIZE
+                stop = start + length
+                if stop > end:
+                    break
+                try:
+                    plaintext = recv.open(view[pos:start], view[start:stop])
+                except BadTag:
+                    raise _Fail(
+                        "bad_tag", "transport frame failed authentication", False
+                    ) from None
+                pos = stop
+                if plaintext and plaintext[0] == 0x32:
+                    payload = split_payload(plaintext)
+                    if payload is not None:
+                        append(PayloadReceived(payload[0], payload[1]))
+                        continue
+                self._transport_frame(plaintext, events)
+                if self.state is not State.OPEN:
+                    break
+        finally:
+            view.release()
+            buf._pos = pos
 
     def _handshake_frame(self, body: bytes, events: list[Event]) -> None:
         raise NotImplementedError
@@ -460,7 +533,9 @@ class Initiator(Connection):
         """Queue the Init (step 1)."""
         if self.state is not State.START:
             raise NotReady("initiate() is called once, first")
-        assert self._ephemeral is not None and self.peer is not None
+        assert self.peer is not None
+        if self._ephemeral is None:
+            self._ephemeral = PrivateKey.generate()
         body = make_init(self.static, self.peer, self._ephemeral.public_key, self.init_id)
         self._handshake_body = body
         self._queue(encode_length(len(body)), body)
@@ -501,7 +576,7 @@ class Responder(Connection):
     ) -> None:
         super().__init__(static, ephemeral=ephemeral, max_message=max_message, ids=ids)
         self.allow = allow
-        self.ack_id = ack_id or self._new_id()
+        self.ack_id = ack_id
         self.state = State.AWAIT_INIT
 
     def _handshake_frame(self, body: bytes, events: list[Event]) -> None:
@@ -509,7 +584,10 @@ class Responder(Connection):
             init = check_init(body, self.static.public_key, self.allow)
         except HandshakeError as e:
             raise _Fail(e.code, e.reason, False) from None
-        assert self._ephemeral is not None
+        if self._ephemeral is None:
+            self._ephemeral = PrivateKey.generate()
+        if self.ack_id is None:
+            self.ack_id = self._new_id()
         self.peer = init.sender
         ack = make_ack(
             self.static, init.sender, self._ephemeral.public_key, init.id, self.ack_id

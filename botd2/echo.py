@@ -18,7 +18,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from botd2.protocol import PeerProtocol
+from botd2.protocol import MessageTooLarge, PeerProtocol
 
 
 class EchoPeer(PeerProtocol):
@@ -38,7 +38,11 @@ class EchoPeer(PeerProtocol):
     def messageReceived(self, message: Message) -> None:
         # Only StringValue arrives here: other types go to unhandledPayload().
         assert isinstance(message, StringValue)
-        self.sendMessage(StringValue(value="echo: " + message.value))
+        try:
+            self.sendMessage(StringValue(value="echo: " + message.value))
+        except MessageTooLarge:
+            # The peer may send up to the maximum; our prefix would go past it.
+            self.sendMessage(StringValue(value="echo: (too large to echo)"))
 
     def peerDisconnected(self, reason: Failure) -> None:
         self.log.info(

@@ -74,7 +74,7 @@ class CipherState:
     @ivar generation: how many times the key was replaced.
     """
 
-    __slots__ = ("key", "counter", "generation", "_aead")
+    __slots__ = ("key", "counter", "generation", "_aead", "_mark")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
@@ -83,10 +83,21 @@ class CipherState:
         self.counter = 0
         self.generation = 0
         self._aead: AESGCM | None = None
+        self._mark = -1
 
     def release(self) -> None:
         """Drop the AESGCM object until the next frame (memory for idle connections)."""
         self._aead = None
+
+    def release_if_idle(self) -> None:
+        """
+        L{release} if no frame went through since the last call: called
+        every few seconds for every connection, it costs no work per frame.
+        """
+        mark = self.generation * REKEY_AFTER + self.counter
+        if mark == self._mark:
+            self._aead = None
+        self._mark = mark
 
     def _next(self) -> tuple[AESGCM, bytes]:
         """The cipher and nonce of the next frame; rekeys after 1,000 frames."""
@@ -110,7 +121,13 @@ class CipherState:
             so a large frame is not copied once more to join them.
         """
         header = _LENGTH.pack(len(plaintext) + TAG_SIZE)
-        aead, nonce = self._next()
+        c = self.counter
+        aead = self._aead
+        if c == REKEY_AFTER or aead is None:
+            aead, nonce = self._next()
+        else:  # the common case, inline
+            self.counter = c + 1
+            nonce = _NONCE.pack(c)
         return header, aead.encrypt(nonce, plaintext, header)
 
     def seal_frame(self, plaintext: bytes) -> bytes:
@@ -125,7 +142,13 @@ class CipherState:
         @raise BadTag: the tag does not verify (wrong key, counter, length or
             any flipped bit).
         """
-        aead, nonce = self._next()
+        c = self.counter
+        aead = self._aead
+        if c == REKEY_AFTER or aead is None:
+            aead, nonce = self._next()
+        else:  # the common case, inline
+            self.counter = c + 1
+            nonce = _NONCE.pack(c)
         try:
             return aead.decrypt(nonce, body, header)
         except InvalidTag:

@@ -12,7 +12,6 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -25,7 +24,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from botd2.keys import PeerAddress, PublicKey
-from botd2.protocol import BOTD2Protocol, PeerFactory, PeerProtocol, _formatAddress
+from botd2.protocol import (
+    BOTD2Protocol,
+    PeerFactory,
+    PeerProtocol,
+    _formatAddress,
+    clientEndpoint,
+)
 
 _log = Logger(namespace="botd2")
 
@@ -101,9 +106,7 @@ def persistentPeer(
     protocol.
     """
     if endpoint is None:
-        endpoint = HostnameEndpoint(
-            node.reactor, address.host, address.port, timeout=node.handshakeTimeout
-        )
+        endpoint = clientEndpoint(node.reactor, address, timeout=node.handshakeTimeout)
     service = ClientService(
         _AuthenticatedEndpoint(node, address.node, endpoint),
         Factory.forProtocol(_PeerSession),

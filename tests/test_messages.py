@@ -40,6 +40,16 @@ class IdTests(SynchronousTestCase):
         self.assertEqual(ident[14], "4")
         self.assertNotEqual(new_id(), ident)
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(min_size=16, max_size=16))
+    def test_uuid4_text_is_uuids(self, random16: bytes) -> None:
+        """The fast formatting equals the uuid module's version 4 text."""
+        import uuid
+
+        from botd2.messages import _uuid4_text
+
+        self.assertEqual(_uuid4_text(random16), str(uuid.UUID(bytes=random16, version=4)))
+
     def test_valid(self) -> None:
         for value, valid in (
             ("", False), ("x", True), ("x" * 64, True), ("x" * 65, False),

@@ -804,3 +804,69 @@ class SecretsTests(SynchronousTestCase):
             self.assertEqual(secrets, [])
             self.assertIsNone(proto.connection.keys)
             self.assertIsNone(proto.connection._ephemeral)
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_client_endpoint(self) -> None:
+        """Plain TCP for an IP literal; name resolution only for a name."""
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
+
+        from botd2.keys import PeerAddress
+        from botd2.protocol import clientEndpoint
+
+        key = PrivateKey.from_int(5).public_key
+        reactor = MemoryReactorClock()
+        for host, cls in (
+            ("127.0.0.1", TCP4ClientEndpoint),
+            ("::1", TCP6ClientEndpoint),
+            ("localhost", HostnameEndpoint),
+        ):
+            endpoint = clientEndpoint(reactor, PeerAddress(key, host, 1), timeout=3)
+            self.assertIsInstance(endpoint, cls, host)
+
+
+class CipherSweepTests(SynchronousTestCase):
+    def test_idle_connections_shed_ciphers(self) -> None:
+        """
+        An idle connection drops its AESGCM objects within two sweep periods;
+        a busy one keeps them; the next frame makes them again.
+        """
+        from botd2.protocol import CIPHER_SWEEP_INTERVAL
+
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        link = dial(a, b)
+        app(link.client).sendMessage(StringValue(value="x"))
+        link.flush()
+        send = link.client.connection._send
+        recv = link.server.connection._recv
+        assert send is not None and recv is not None
+        self.assertIsNotNone(send._aead)
+        for _ in range(3):  # busy: a frame in every period
+            clock.advance(CIPHER_SWEEP_INTERVAL)
+            app(link.client).sendMessage(StringValue(value="y"))
+            link.flush()
+            self.assertIsNotNone(send._aead)
+            self.assertIsNotNone(recv._aead)
+        for _ in range(2):  # idle for two periods
+            clock.advance(CIPHER_SWEEP_INTERVAL)
+        self.assertIsNone(send._aead)
+        self.assertIsNone(recv._aead)
+        app(link.client).sendMessage(StringValue(value="z"))
+        link.flush()
+        self.assertEqual(textsOf(link.server)[-1], "z")
+
+    def test_sweep_stops_with_the_last_connection(self) -> None:
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        link = dial(a, b)
+        self.assertIsNotNone(a._sweep)
+        app(link.client).disconnect()
+        link.flush()
+        self.assertIsNone(a._sweep)
+        self.assertIsNone(b._sweep)
+
