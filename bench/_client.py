@@ -20,8 +20,9 @@ Figures (C{--figure}):
 botd2 keeps one connection per peer key (WIRE.md section 7), so every
 concurrent loop, and every held connection, has its own identity (its own
 C{PeerFactory}); the connect loops close and wait for C{whenLost()} before
-dialling again.  All three transports dial with C{HostnameEndpoint}, as
-botd2's C{PeerFactory.connect} does.
+dialling again.  All three transports dial 127.0.0.1 with
+C{TCP4ClientEndpoint}, the endpoint botd2's C{PeerFactory.connect} picks
+for an IPv4 literal (it keeps C{HostnameEndpoint} for names).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 
 from google.protobuf.wrappers_pb2 import BytesValue
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
@@ -214,7 +215,7 @@ class FrameConnector(Connector):
         self.factory.noisy = False
 
     async def open(self, slot: int) -> Conn:
-        endpoint: Any = HostnameEndpoint(self.reactor, HOST, self.port, bindAddress=self.bind)
+        endpoint: Any = TCP4ClientEndpoint(self.reactor, HOST, self.port, bindAddress=self.bind)
         if self.creator is not None:
             endpoint = wrapClientTLS(self.creator, endpoint)
         proto = await endpoint.connect(self.factory)

@@ -315,19 +315,12 @@ class Connection:
         """
         self.keys = None
 
-    def release_ciphers(self) -> None:
-        """
-        Drop both directions' AESGCM objects until their next frame: an idle
-        connection then costs 64 bytes of keys instead of ~5 KiB of cipher
-        contexts.  The caller picks idle moments (after a keep-alive round).
-        """
-        if self._send is not None:
-            self._send.release()
-        if self._recv is not None:
-            self._recv.release()
-
     def release_idle_ciphers(self) -> None:
-        """L{release_ciphers}, each direction only if idle since the last call."""
+        """
+        Drop each direction's AESGCM object if no frame used it since the
+        last call: called every few seconds, an idle connection then costs
+        64 bytes of keys instead of ~5 KiB of cipher contexts.
+        """
         if self._send is not None:
             self._send.release_if_idle()
         if self._recv is not None:

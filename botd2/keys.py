@@ -8,6 +8,7 @@ secp256k1 operation goes through libsecp256k1 (L{botd2._secp256k1}).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -228,10 +229,15 @@ class PeerAddress:
         """
         Parse C{NODEID@HOST[:PORT]} (WIRE.md section 1).
 
-        IPv6 addresses must be in brackets, with or without a port.
+        IPv6 addresses must be in brackets, with or without a port.  Results
+        are cached: a node dials the same few addresses again and again.
 
         @raise InvalidAddress: with one sentence saying what is wrong.
         """
+        return _parse_address(text, default_port)
+
+    @classmethod
+    def _parse(cls, text: str, default_port: int) -> PeerAddress:
         shown = _shorten(text)
         node_text, at, hostport = text.strip().partition("@")
         if not at:
@@ -242,6 +248,11 @@ class PeerAddress:
             raise InvalidAddress(f"peer address {shown!r}: {e}") from None
         host, port = _split_host_port(hostport, shown, default_port)
         return cls(node, host, port)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_address(text: str, default_port: int) -> PeerAddress:
+    return PeerAddress._parse(text, default_port)
 
 
 def _split_host_port(hostport: str, shown: str, default_port: int) -> tuple[str, int]:

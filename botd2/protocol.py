@@ -391,7 +391,6 @@ class BOTD2Protocol(Protocol):
         if self.factory.keyLog is not None and self.connection.keys is not None:
             self.factory.keyLog(self, self.connection.keys)
         self.connection.forget_keys()
-        self.connection.release_ciphers()
         self.keepalive = KeepAlive(self.factory.pingInterval, self.factory.pongTimeout)
         self.keepalive.start(self._now())
         self._scheduleKeepAlive()
@@ -433,16 +432,12 @@ class BOTD2Protocol(Protocol):
             self._protocolError("ping_flood", "Pings less than 30 s apart")
             return
         self.connection.send_pong(pingID)
-        # A keep-alive round is a quiet moment: let idle connections shed
-        # their cipher contexts (remade on the next frame).
-        self.connection.release_ciphers()
 
     def _pongReceived(self, pingID: str) -> None:
         assert self.keepalive is not None
         now = self._now()
         if not self.keepalive.pongReceived(pingID, now):
             return  # WIRE.md section 6: a Pong for no outstanding Ping is ignored
-        self.connection.release_ciphers()
         # One Ping is outstanding at a time, so any waiter waits for this Pong.
         waiters, self._pingWaiters = self._pingWaiters or [], None
         for _, sentAt, d in waiters:
