@@ -201,11 +201,11 @@ def encode_payload(message: Message) -> bytes:
     return b"".join((b"\x32", _varint(len(url) + len(head) + n), url, head, value))
 
 
-def split_payload(envelope: bytes) -> tuple[str, memoryview] | None:
+def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     """
     The type URL and value of a canonical C{Envelope{payload}}, without
-    copying the value; C{None} when the bytes have any other shape (then
-    protobuf parses them, and decides).
+    copying a large value (a view into C{envelope}); C{None} when the bytes
+    have any other shape (then protobuf parses them, and decides).
     """
     end = len(envelope)
     if end < 2 or envelope[0] != 0x32:
@@ -243,6 +243,8 @@ def split_payload(envelope: bytes) -> tuple[str, memoryview] | None:
     pos = start + n
     if n < 0 or pos != end:
         return None
+    if n < 4096:  # a small copy is cheaper than a view
+        return url, envelope[start:pos]
     return url, memoryview(envelope)[start:pos]
 
 
