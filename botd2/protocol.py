@@ -431,7 +431,8 @@ class BOTD2Protocol(Protocol):
         if not self.keepalive.pingArrived(self._now()):
             self._protocolError("ping_flood", "Pings less than 30 s apart")
             return
-        self.connection.send_pong(pingID)
+        if not self.connection.closed:  # a later frame of this read may have closed it
+            self.connection.send_pong(pingID)
 
     def _pongReceived(self, pingID: str) -> None:
         assert self.keepalive is not None
@@ -545,6 +546,11 @@ class BOTD2Protocol(Protocol):
         if self.connection.handshake_complete:
             self.connection.send_error(message)
             self._close(why, abort=False)
+        elif self.authenticated:
+            # A later frame of the same read already closed the sans-IO
+            # connection (its events are handled after it parsed them all):
+            # send what it queued, an Error or nothing, as the rules say.
+            self._close(why, abort=False)
         else:
             self._close(why, abort=True)
 
@@ -640,8 +646,8 @@ class BOTD2Protocol(Protocol):
         """
         if not self.authenticated:
             raise NotReady("the handshake is not complete: send from peerAuthenticated() on")
-        if self.disconnecting:
-            return
+        if self.disconnecting or self.connection.closed:
+            return  # closing, maybe by a later frame of the read being handled
         self.connection.send_payload(message)
         self._scheduleFlush()
 
