@@ -315,16 +315,19 @@ class Connection:
         """
         self.keys = None
 
-    def release_idle_ciphers(self) -> None:
+    def release_idle_ciphers(self, force: bool = False) -> None:
         """
         Drop each direction's AESGCM object if no frame used it since the
-        last call: called every few seconds, an idle connection then costs
-        64 bytes of keys instead of ~5 KiB of cipher contexts.
+        last call (or at once, with C{force}): called every few seconds, an
+        idle connection then costs 64 bytes of keys instead of ~5 KiB of
+        cipher contexts.
         """
-        if self._send is not None:
-            self._send.release_if_idle()
-        if self._recv is not None:
-            self._recv.release_if_idle()
+        for cipher in (self._send, self._recv):
+            if cipher is not None:
+                if force:
+                    cipher.release()
+                else:
+                    cipher.release_if_idle()
 
     def close(self) -> None:
         """Stop: nothing more is received or sent, secrets are dropped."""
