@@ -157,15 +157,14 @@ def pack(message: Message) -> any_pb2.Any:
 # and read back the same way when the Envelope has exactly that shape; any
 # other encoding (unknown fields, repeats, another order) goes to protobuf.
 
-_TYPE_URLS: dict[type[Message], bytes] = {}
-
-
 _VARINT1: Final = [bytes((n,)) for n in range(0x80)]
 
 
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return _VARINT1[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -187,18 +186,31 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return -1, end
 
 
+#: (message class, value length) -> every byte before the value: streams of
+#: one type and size (the common case) build their header once.
+_HEADS: dict[tuple[type[Message], int], bytes] = {}
+
+
 def encode_payload(message: Message) -> bytes:
     """The serialized C{Envelope{payload = Any(message)}}, canonically."""
-    url = _TYPE_URLS.get(type(message))
-    if url is None:
-        name = (TYPE_URL_PREFIX + message.DESCRIPTOR.full_name).encode("utf-8")
-        url = _TYPE_URLS[type(message)] = b"\x0a" + _varint(len(name)) + name
     value = message.SerializeToString()
-    n = len(value)
-    if not n:
+    key = (type(message), len(value))
+    head = _HEADS.get(key)
+    if head is None:
+        head = _payload_head(type(message), len(value))
+        if len(_HEADS) >= 1024:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head + value
+
+
+def _payload_head(cls: type[Message], n: int) -> bytes:
+    name = (TYPE_URL_PREFIX + cls.DESCRIPTOR.full_name).encode("utf-8")
+    url = b"\x0a" + _varint(len(name)) + name
+    if not n:  # an empty value is left out, as protobuf does
         return b"\x32" + _varint(len(url)) + url
-    head = b"\x12" + _varint(n)
-    return b"".join((b"\x32", _varint(len(url) + len(head) + n), url, head, value))
+    value_head = b"\x12" + _varint(n)
+    return b"\x32" + _varint(len(url) + len(value_head) + n) + url + value_head
 
 
 def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
