@@ -742,17 +742,21 @@ def clientEndpoint(
 
 def _sourceKey(address: object) -> str | None:
     """
-    What the per-address handshake cap counts by: the IPv4 address, or the
-    /64 of an IPv6 address (one host commonly holds a whole /64).
+    What the per-address handshake cap counts by: the IPv4 address (also
+    when it arrives IPv4-mapped on a dual-stack socket), or the /64 of an
+    IPv6 address (one host commonly holds a whole /64).
     """
     host: str | None = getattr(address, "host", None)
     if host is None or ":" not in host:
         return host
     try:
-        network = ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False)
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
     except ValueError:
         return host
-    return str(network)
+    if ip.ipv4_mapped is not None:
+        # an IPv4 peer on a dual-stack socket: counted as the IPv4 address
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _formatAddress(address: object) -> str:
