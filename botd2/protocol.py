@@ -474,6 +474,19 @@ class BOTD2Protocol(Protocol):
             self._timer.cancel()
         self._timer = None
 
+    def _evict(self, why: str) -> None:
+        """Closed by the node to admit another stranger: nothing is sent."""
+        if self.disconnecting:
+            return
+        _log.debug("botd2 handshake from {address} {why}",
+                   address=_formatAddress(self.transport.getPeer()) if self.transport else "?",
+                   why=why)
+        if self.transport is None:  # built but never connected (tests)
+            self.disconnecting = True
+            self._reason = errors.ClosedByUs(why)
+            return
+        self._close(errors.ClosedByUs(why), abort=True)
+
     def _handshakeTimedOut(self) -> None:
         self._timer = None
         if self.connection.handshake_complete or self.disconnecting:
@@ -843,7 +856,8 @@ class PeerFactory(Factory):
         self.peers: dict[PublicKey, BOTD2Protocol] = {}
         self.connections: set[BOTD2Protocol] = set()
         self._handshaking: dict[BOTD2Protocol, str | None] = {}
-        self._handshakingByHost: dict[str | None, int] = {}
+        # Insertion-ordered: the first of each is its oldest handshake.
+        self._handshakingByHost: dict[str | None, dict[BOTD2Protocol, None]] = {}
         self._dialWaiters: dict[PublicKey, list[Deferred[PeerProtocol]]] = {}
         self._sweep: LoopingCall | None = None
         self._peerGoneWaiters: dict[PublicKey, list[Deferred[None]]] = {}
@@ -861,15 +875,33 @@ class PeerFactory(Factory):
     # Building protocols ----------------------------------------------------------
 
     def buildProtocol(self, addr: IAddress) -> BOTD2Protocol | None:  # type: ignore[override]
-        """An inbound connection: admitted, or refused at once beyond a cap."""
+        """
+        An inbound connection: admitted, or refused at once beyond a cap.
+
+        When a total cap (handshakes, or connections) is full, a stranger
+        from an address holding fewer handshakes in progress than the
+        busiest address is admitted in place of that address's oldest
+        handshake, which is closed without a word: as Bitcoin Core evicts
+        inbound peers by network group, so that whoever holds many slots
+        from few addresses cannot lock everyone else out.  Only when every
+        address holds about the same share is a stranger refused.
+        """
         host = _sourceKey(addr)
+        held = self._handshakingByHost.get(host)
+        count = len(held) if held else 0
         refusal = None
-        if len(self.connections) >= self.maxConnections:
+        if count >= self.maxHandshakesPerAddress:
+            refusal = f"{self.maxHandshakesPerAddress} handshakes from {host} in progress already"
+        elif len(self.connections) >= self.maxConnections:
             refusal = f"{self.maxConnections} connections already"
         elif len(self._handshaking) >= self.maxHandshakes:
             refusal = f"{self.maxHandshakes} handshakes in progress already"
-        elif self._handshakingByHost.get(host, 0) >= self.maxHandshakesPerAddress:
-            refusal = f"{self.maxHandshakesPerAddress} handshakes from {host} in progress already"
+        if (
+            refusal is not None
+            and count < self.maxHandshakesPerAddress
+            and self._evictFor(count, _formatAddress(addr))
+        ):
+            refusal = None
         if refusal is not None:
             _log.debug("botd2 refused a connection from {address}: {why}",
                        address=_formatAddress(addr), why=refusal)
@@ -877,8 +909,26 @@ class PeerFactory(Factory):
         connection = Responder(self.identity, allow=self.allow, max_message=self.maxMessage)
         proto = self.wrap(connection)
         self._handshaking[proto] = host
-        self._handshakingByHost[host] = self._handshakingByHost.get(host, 0) + 1
+        if held is None:
+            self._handshakingByHost[host] = {proto: None}
+        else:
+            held[proto] = None
         return proto
+
+    def _evictFor(self, count: int, newcomer: str) -> bool:
+        """
+        Make room for a stranger whose address holds C{count} handshakes in
+        progress: close the oldest handshake of the address holding the most,
+        if that is at least two more.  Did it?
+        """
+        busiest = max(self._handshakingByHost.values(), key=len, default=None)
+        if busiest is None or len(busiest) < count + 2:
+            return False
+        victim = next(iter(busiest))
+        self._doneHandshaking(victim)
+        self.connections.discard(victim)
+        victim._evict(f"evicted for a newer handshake from {newcomer}")
+        return True
 
     def wrap(self, connection: Connection) -> BOTD2Protocol:
         """
@@ -909,10 +959,9 @@ class PeerFactory(Factory):
     def _doneHandshaking(self, proto: BOTD2Protocol) -> None:
         if proto in self._handshaking:
             host = self._handshaking.pop(proto)
-            left = self._handshakingByHost[host] - 1
-            if left:
-                self._handshakingByHost[host] = left
-            else:
+            held = self._handshakingByHost[host]
+            del held[proto]
+            if not held:
                 del self._handshakingByHost[host]
 
     def _handshakeDone(self, proto: BOTD2Protocol) -> tuple[bool, str]:

@@ -63,20 +63,21 @@ class AttackTests(SynchronousTestCase):
         """
         1,000 connections from 90 addresses each send half an Init and
         stall.  The per-address cap (16) refuses none of them (11 or 12 per
-        address); the total cap holds 512 and refuses the other 488 at once,
-        sending nothing; the 512 are closed at the handshake timeout.  While
-        the total cap is full a new honest peer is refused at once (the
-        documented limit of the caps: README "Strangers"), but an
-        established peer's Ping is answered, and a new peer is served as
-        soon as the stalled handshakes are gone.
+        address); the total cap holds 512 and closes the others at once,
+        sending nothing (refused, or admitted in place of an older one from
+        an address holding more).  A new honest peer, from an address holding no
+        handshake, is admitted in place of the oldest handshake of the
+        busiest address, and completes its handshake and a Ping within 2 s;
+        once complete it frees its slot for the next one.  The other stalled
+        handshakes are closed, sending nothing, at the handshake timeout.
         """
         r = self.run_("stall-handshake")
         w = r.workers[0]
-        if w["connectSeconds"] < 2.5:  # all made before the 3 s timeout freed a slot
-            self.assertEqual((w["connected"], w["closedAtOnce"], w["closedLater"]["n"]),
-                             (1000, 488, 512))
+        self.assertEqual(w["connected"], 1000)
         self.assertEqual(w["bytesReceived"], 0)
-        self.assertTrue(r.probes and not any(p.ok for p in r.probes), r.probes)
+        # the cap was full while the probes ran (checked by run_: at least
+        # 512 - probes closed at the timeout), and every probe was served
+        self.assertTrue(r.probes and all(p.ok for p in r.probes), r.probes)
 
     def test_a_stalledHandshakesRaisedCap(self) -> None:
         """

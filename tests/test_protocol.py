@@ -480,6 +480,83 @@ class AdmissionTests(SynchronousTestCase):
         protos = [b.buildProtocol(address(f"10.0.0.{k}")) for k in range(6)]
         self.assertEqual(sum(p is not None for p in protos), 5)
 
+    def stalled(self, b: PeerFactory, host: str) -> tuple[BOTD2Protocol, StringTransport]:
+        proto = b.buildProtocol(address(host))
+        assert proto is not None, f"{host} refused"
+        st = StringTransport()
+        proto.makeConnection(st)
+        return proto, st
+
+    def held(self, b: PeerFactory) -> dict[str | None, int]:
+        return {h: len(p) for h, p in b._handshakingByHost.items()}
+
+    def test_eviction_when_full(self) -> None:
+        """
+        With the total handshake cap full, a stranger from an address holding
+        at least two fewer handshakes than the busiest one is admitted, and
+        the busiest address's oldest handshake is aborted, sending nothing;
+        when every address holds about the same share, it is refused.
+        """
+        b = node(B_SEED, maxHandshakes=6, maxHandshakesPerAddress=100)
+        one = [self.stalled(b, "10.0.0.1") for _ in range(4)]
+        self.stalled(b, "10.0.0.2")
+        self.stalled(b, "10.0.0.2")
+        self.stalled(b, "10.0.0.3")  # 10.0.0.1 holds 4, 10.0.0.3 none: evicts
+        self.assertTrue(one[0][1].disconnected)
+        self.assertEqual(one[0][1].value(), b"")
+        self.assertFalse(any(st.disconnected for _, st in one[1:]))
+        self.assertEqual(self.held(b), {"10.0.0.1": 3, "10.0.0.2": 2, "10.0.0.3": 1})
+        self.stalled(b, "10.0.0.3")  # 3 >= 1 + 2: evicts the next oldest
+        self.assertTrue(one[1][1].disconnected)
+        self.assertEqual(self.held(b), {"10.0.0.1": 2, "10.0.0.2": 2, "10.0.0.3": 2})
+        self.assertIsNone(b.buildProtocol(address("10.0.0.3")))  # 2 < 2 + 2: refused
+        self.stalled(b, "10.0.0.4")  # none held: evicts from the first busiest
+        self.assertTrue(one[2][1].disconnected)
+        self.assertEqual(self.held(b), {"10.0.0.1": 1, "10.0.0.2": 2, "10.0.0.3": 2,
+                                        "10.0.0.4": 1})
+        self.assertEqual(len(b._handshaking), 6)
+        # The aborted ones leave when their connection is lost, never counted twice.
+        for proto, _ in one[:3]:
+            proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(b._handshaking), 6)
+        self.assertEqual(len(b.connections), 6)
+
+    def test_evicted_for_an_honest_peer(self) -> None:
+        """
+        The total cap full of stalled handshakes from one address: an honest
+        peer from another completes its handshake; the evicted connection
+        never reached the application and ends as closed by us.
+        """
+        clock = Clock()
+        a = node(A_SEED, clock)
+        b = node(B_SEED, clock, maxHandshakes=3)
+        stalled = [self.stalled(b, "10.0.0.1") for _ in range(3)]
+        link = dial(a, b, clientAddress=address("10.0.0.2"))
+        self.assertTrue(link.server.authenticated)
+        self.assertIn(a.identity.public_key, b.peers)
+        victim, st = stalled[0]
+        self.assertTrue(st.disconnected)
+        victim.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(app(victim).authenticated, 0)
+        self.assertIsInstance(victim._reason, errors.ClosedByUs)
+        self.assertIn("evicted", str(victim._reason))
+
+    def test_eviction_when_connections_full(self) -> None:
+        """The connection cap full, some of them handshakes: the same rule."""
+        clock = Clock()
+        b = node(B_SEED, clock, maxConnections=3)
+        dial(node(1, clock), b)
+        stalled = [self.stalled(b, "10.0.0.1") for _ in range(2)]
+        self.stalled(b, "10.0.0.2")
+        self.assertTrue(stalled[0][1].disconnected)
+        self.assertIsNone(b.buildProtocol(address("10.0.0.3")))  # 1 each: refused
+
+    def test_no_eviction_over_the_per_address_cap(self) -> None:
+        b = node(B_SEED, maxHandshakes=3, maxHandshakesPerAddress=1)
+        self.stalled(b, "10.0.0.1")
+        self.assertIsNone(b.buildProtocol(address("10.0.0.1")))
+        self.assertEqual(self.held(b), {"10.0.0.1": 1})
+
     def test_slot_freed_by_timeout_and_completion(self) -> None:
         clock = Clock()
         a, b = node(A_SEED, clock), node(B_SEED, clock, maxHandshakes=1)
