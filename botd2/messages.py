@@ -213,6 +213,12 @@ def _payload_head(cls: type[Message], n: int) -> bytes:
     return b"\x32" + _varint(len(url) + len(value_head) + n) + url + value_head
 
 
+#: Envelope length -> (every byte before the value, type URL) of the last
+#: canonical payload Envelope of that length split: the receive side's
+#: counterpart of L{_HEADS}.
+_SPLITS: dict[int, tuple[bytes, str]] = {}
+
+
 def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     """
     The type URL and value of a canonical C{Envelope{payload}}, without
@@ -220,11 +226,22 @@ def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     have any other shape (then protobuf parses them, and decides).
     """
     end = len(envelope)
+    hit = _SPLITS.get(end)
+    if hit is not None and envelope.startswith(hit[0]):
+        # The header of an earlier Envelope of this length, already parsed:
+        # same bytes, same parse.  (Streams of one type and size hit.)
+        start = len(hit[0])
+        if end - start < 4096:
+            return hit[1], envelope[start:]
+        return hit[1], memoryview(envelope)[start:]
     if end < 2 or envelope[0] != 0x32:
         return None
     size = envelope[1]
     if size < 0x80:
         pos = 2
+    elif end > 2 and envelope[2] < 0x80:  # two bytes: a payload of 128 B to 16 KiB
+        size = (size & 0x7F) | (envelope[2] << 7)
+        pos = 3
     else:
         size, pos = _read_varint(envelope, 1, end)
     if pos + size != end:
@@ -255,6 +272,9 @@ def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     pos = start + n
     if n < 0 or pos != end:
         return None
+    if len(_SPLITS) >= 1024:
+        _SPLITS.clear()
+    _SPLITS[end] = (envelope[:start], url)
     if n < 4096:  # a small copy is cheaper than a view
         return url, envelope[start:pos]
     return url, memoryview(envelope)[start:pos]

@@ -125,6 +125,35 @@ class PayloadFastPathTests(SynchronousTestCase):
             self.assertEqual(envelope.payload.type_url, split[0])
             self.assertEqual(envelope.payload.value, bytes(split[1]))
 
+    def test_split_header_cache(self) -> None:
+        """
+        The header cache (one entry per Envelope length) never answers for
+        bytes it did not parse: Envelopes of one length with other headers,
+        and non-canonical bytes of a cached length, are split (or refused)
+        as protobuf parses them; the cache stays bounded.
+        """
+        from botd2 import messages
+
+        def expected(data: bytes) -> tuple[str, bytes]:
+            payload = Envelope.FromString(data).payload
+            return payload.type_url, payload.value
+
+        b = encode_payload(BytesValue(value=b"x" * 100))
+        # A StringValue Envelope of the same length (its URL is one byte longer).
+        s = encode_payload(StringValue(value="y" * 99))
+        self.assertEqual(len(s), len(b))
+        for _ in range(3):
+            for data in (b, s, b, b, s, s):
+                self.assertEqual(split_payload(data), expected(data))
+        # The same length, but the value's tag (0x12) changed: not canonical.
+        tag = len(b) - 102 - 2
+        self.assertEqual(b[tag], 0x12)
+        self.assertIsNone(split_payload(b[:tag] + b"\x1a" + b[tag + 1:]))
+        self.assertEqual(split_payload(b), expected(b))
+        for n in range(2000):
+            split_payload(encode_payload(BytesValue(value=b"z" * n)))
+        self.assertLessEqual(len(messages._SPLITS), 1024)
+
     def test_unhandled_type(self) -> None:
         self.assertIsNone(PayloadTypes([StringValue]).unpack_value("type.googleapis.com/x", b""))
         self.assertIn(StringValue, PayloadTypes([StringValue]))
