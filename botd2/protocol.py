@@ -282,6 +282,8 @@ class BOTD2Protocol(Protocol):
         self.connection = connection
         self.app = app
         self.initiator = isinstance(connection, Initiator)
+        # type URL -> message class, looked up once per connection, not per message
+        self._classes = app.payloadTypes().classes
 
     @property
     def _clock(self) -> IReactorTime:
@@ -414,7 +416,7 @@ class BOTD2Protocol(Protocol):
 
     def _payloadReceived(self, event: PayloadReceived) -> None:
         app = self.app
-        cls = app.payloadTypes().classes.get(event.type_url)
+        cls = self._classes.get(event.type_url)
         if cls is None:
             self._callApp(app.unhandledPayload, event.payload)
             return
