@@ -57,7 +57,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -111,6 +111,30 @@ CIPHER_SWEEP_INTERVAL: Final = 5.0
 CLOSE_GRACE: Final = 10.0
 
 _log = Logger(namespace="botd2")
+
+
+class _LogBudget:
+    """
+    A token bucket for the log events about strangers: C{rate} a second on
+    average, C{burst} at once; what is left out is counted.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.last: float | None = None
+        self.suppressed = 0
+
+    def take(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +363,8 @@ class BOTD2Protocol(Protocol):
                 else f"the connection was lost: {reason.getErrorMessage()}"
             )
             self._reason = why
-        _log.emit(
+        emit = _log.emit if self.authenticated or self.initiator else self.factory._logStranger
+        emit(
             self.factory.logLevel(self.authenticated),
             "botd2 connection {direction} {peer} at {address} closed: {reason}",
             direction="to" if self.initiator else "from",
@@ -457,7 +482,9 @@ class BOTD2Protocol(Protocol):
         self._closeWithError(errors.ProtocolViolation(code, reason), reason)
 
     def _logProtocolError(self, code: str, reason: str) -> None:
-        _log.warn(
+        emit = _log.emit if self.authenticated or self.initiator else self.factory._logStranger
+        emit(
+            LogLevel.warn,
             "botd2 protocol error from {peer} at {address}: {code}: {reason}",
             peer=self.peer.nodeID if self.peer else "(unauthenticated)",
             address=_formatAddress(self.transport.getPeer()),
@@ -480,9 +507,12 @@ class BOTD2Protocol(Protocol):
         """Closed by the node to admit another stranger: nothing is sent."""
         if self.disconnecting:
             return
-        _log.debug("botd2 handshake from {address} {why}",
-                   address=_formatAddress(self.transport.getPeer()) if self.transport else "?",
-                   why=why)
+        self.factory._logStranger(
+            LogLevel.debug,
+            "botd2 handshake from {address} {why}",
+            address=_formatAddress(self.transport.getPeer()) if self.transport else "?",
+            why=why,
+        )
         if self.transport is None:  # built but never connected (tests)
             self.disconnecting = True
             self._reason = errors.ClosedByUs(why)
@@ -493,7 +523,9 @@ class BOTD2Protocol(Protocol):
         self._timer = None
         if self.connection.handshake_complete or self.disconnecting:
             return
-        _log.info(
+        emit = _log.emit if self.initiator else self.factory._logStranger
+        emit(
+            LogLevel.info,
             "botd2 handshake {direction} {address} timed out",
             direction="to" if self.initiator else "from",
             address=_formatAddress(self.transport.getPeer()),
@@ -802,6 +834,10 @@ class PeerFactory(Factory):
 
     protocol: type[PeerProtocol] = PeerProtocol  # type: ignore[assignment]
     noisy = False  # botd2 logs its own events, one per connection
+    #: Log events about strangers, a second on average and at once: what an
+    #: attack can make the node write (one line is about 300 bytes).
+    strangerLogRate: float = 10.0
+    strangerLogBurst: int = 100
 
     def __init__(
         self,
@@ -863,6 +899,7 @@ class PeerFactory(Factory):
         self._dialWaiters: dict[PublicKey, list[Deferred[PeerProtocol]]] = {}
         self._sweep: LoopingCall | None = None
         self._peerGoneWaiters: dict[PublicKey, list[Deferred[None]]] = {}
+        self._strangerLog = _LogBudget(self.strangerLogRate, self.strangerLogBurst)
 
     @property
     def nodeID(self) -> str:
@@ -870,9 +907,29 @@ class PeerFactory(Factory):
 
     @staticmethod
     def logLevel(authenticated: bool) -> Any:
-        from twisted.logger import LogLevel
-
         return LogLevel.info if authenticated else LogLevel.debug
+
+    def _logStranger(self, level: LogLevel, format: str, **kwargs: object) -> None:
+        """
+        Log an event about a stranger (an inbound connection not yet
+        authenticated: refused, evicted, broke a rule, timed out, closed),
+        within L{strangerLogRate}; the events left out are counted, and the
+        count logged once the budget allows again.
+        """
+        if self._strangerLog.take(self._now()):
+            self._logSuppressed()
+            _log.emit(level, format, **kwargs)
+
+    def _logSuppressed(self) -> None:
+        budget = self._strangerLog
+        if budget.suppressed:
+            _log.warn(
+                "botd2 left {count} log events about unauthenticated connections out "
+                "(more than {rate:g} a second)",
+                count=budget.suppressed,
+                rate=budget.rate,
+            )
+            budget.suppressed = 0
 
     # Building protocols ----------------------------------------------------------
 
@@ -905,8 +962,8 @@ class PeerFactory(Factory):
         ):
             refusal = None
         if refusal is not None:
-            _log.debug("botd2 refused a connection from {address}: {why}",
-                       address=_formatAddress(addr), why=refusal)
+            self._logStranger(LogLevel.debug, "botd2 refused a connection from {address}: {why}",
+                              address=_formatAddress(addr), why=refusal)
             return None
         connection = Responder(self.identity, allow=self.allow, max_message=self.maxMessage)
         proto = self.wrap(connection)
@@ -950,6 +1007,8 @@ class PeerFactory(Factory):
     def _sweepCiphers(self) -> None:
         for proto in self.connections:
             proto.connection.release_idle_ciphers()
+        if self._strangerLog.suppressed and self._strangerLog.take(self._now()):
+            self._logSuppressed()
 
     def buildInitiator(self, node: PublicKey) -> BOTD2Protocol:
         """An outbound connection to C{node}."""

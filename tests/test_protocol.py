@@ -557,6 +557,41 @@ class AdmissionTests(SynchronousTestCase):
         self.assertIsNone(b.buildProtocol(address("10.0.0.1")))
         self.assertEqual(self.held(b), {"10.0.0.1": 1})
 
+    def test_stranger_log_budget(self) -> None:
+        """
+        Log events about strangers are limited to a budget (100 at once, 10
+        a second): a flood of refusals writes 100 lines, and the count of
+        the others is logged, in one line, once the budget allows again.
+        """
+        from twisted.logger import formatEvent
+
+        events = logged(self)
+        clock = Clock()
+        b = node(B_SEED, clock, maxHandshakesPerAddress=1)
+        self.stalled(b, "10.0.0.1")
+
+        def lines(text: str) -> list[str]:
+            return [formatEvent(e) for e in events if text in formatEvent(e)]
+
+        for _ in range(150):
+            self.assertIsNone(b.buildProtocol(address("10.0.0.1")))
+        self.assertEqual(len(lines("refused a connection from")), 100)
+        self.assertEqual(lines("log events about unauthenticated"), [])
+        clock.advance(0.1)  # one token back
+        self.assertIsNone(b.buildProtocol(address("10.0.0.1")))
+        self.assertEqual(
+            lines("log events about unauthenticated"),
+            ["botd2 left 50 log events about unauthenticated connections out "
+             "(more than 10 a second)"],
+        )
+        self.assertEqual(len(lines("refused a connection from")), 101)
+        # A count left at the end of a flood is logged by the 5 s sweep.
+        for _ in range(3):
+            b.buildProtocol(address("10.0.0.1"))
+        clock.advance(5)
+        self.assertEqual(len(lines("log events about unauthenticated")), 2)
+        self.assertIn("left 3 log events", lines("log events about unauthenticated")[-1])
+
     def test_slot_freed_by_timeout_and_completion(self) -> None:
         clock = Clock()
         a, b = node(A_SEED, clock), node(B_SEED, clock, maxHandshakes=1)
