@@ -223,6 +223,11 @@ class Connection:
         return self.state is State.CLOSED
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed: the start of a frame."""
+        return len(self._buffer)
+
+    @property
     def can_send(self) -> bool:
         """May a transport frame be sent now?"""
         return self.state is State.OPEN or (

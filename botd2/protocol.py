@@ -102,6 +102,13 @@ DEFAULT_MAX_HANDSHAKES: Final = 512
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: Final = 16
 #: All connections, complete or not, inbound and outbound.
 DEFAULT_MAX_CONNECTIONS: Final = 1000
+#: All connections together may hold this many bytes of frames not yet
+#: whole; beyond, the connection whose last whole frame is the oldest is
+#: closed (WIRE.md section 2 lets every peer send 1 MiB frames: without a
+#: node-wide bound, 1,000 stalled ones would pin a GiB until keep-alive).
+DEFAULT_MAX_PARTIAL_BYTES: Final = 128 * 2**20
+#: Partial frames are counted from this size on (smaller ones are noise).
+PARTIAL_TRACKED: Final = 64 * 1024
 #: How often idle connections shed their cipher contexts (2 x ~2.5 KiB each;
 #: remade, a few microseconds, on the next frame).  A connection with no frame
 #: in a whole period is idle.
@@ -334,7 +341,8 @@ class BOTD2Protocol(Protocol):
             return
         self._inReceive = True
         try:
-            for event in self.connection.receive_data(data):
+            events = self.connection.receive_data(data)
+            for event in events:
                 if type(event) is PayloadReceived:  # most events, inline
                     self._payloadReceived(event)
                 else:
@@ -343,6 +351,9 @@ class BOTD2Protocol(Protocol):
                     break
         finally:
             self._inReceive = False
+        held = self.connection.buffered
+        if held >= PARTIAL_TRACKED or self in self.factory._partial:
+            self.factory._partialFrame(self, held, bool(events))
         self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -518,6 +529,11 @@ class BOTD2Protocol(Protocol):
             self._reason = errors.ClosedByUs(why)
             return
         self._close(errors.ClosedByUs(why), abort=True)
+
+    def _partialBudgetExceeded(self) -> None:
+        """Closed by the node: the stalest partial frame while the budget is full."""
+        why = "the node's buffer for partial frames is full"
+        self._closeWithError(errors.ClosedByUs(why), why)
 
     def _handshakeTimedOut(self) -> None:
         self._timer = None
@@ -854,6 +870,7 @@ class PeerFactory(Factory):
         maxHandshakesPerAddress: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         maxMessage: int = MAX_MESSAGE,
+        maxPartialBytes: int = DEFAULT_MAX_PARTIAL_BYTES,
         keyLog: Callable[[BOTD2Protocol, TransportKeys], object] | None = None,
     ) -> None:
         if reactor is None:
@@ -867,6 +884,7 @@ class PeerFactory(Factory):
             ("maxHandshakes", maxHandshakes),
             ("maxHandshakesPerAddress", maxHandshakesPerAddress),
             ("maxConnections", maxConnections),
+            ("maxPartialBytes", maxPartialBytes),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -900,6 +918,12 @@ class PeerFactory(Factory):
         self._sweep: LoopingCall | None = None
         self._peerGoneWaiters: dict[PublicKey, list[Deferred[None]]] = {}
         self._strangerLog = _LogBudget(self.strangerLogRate, self.strangerLogBurst)
+        self.maxPartialBytes = maxPartialBytes
+        # Connections holding a partial frame of PARTIAL_TRACKED bytes or
+        # more, and its size; in the order of their last whole frame (or of
+        # when they began to hold one), the stalest first.
+        self._partial: dict[BOTD2Protocol, int] = {}
+        self._partialBytes = 0
 
     @property
     def nodeID(self) -> str:
@@ -1051,7 +1075,27 @@ class PeerFactory(Factory):
         old._closeWithError(errors.Replaced(why), why)
         return True, ""
 
+    def _partialFrame(self, proto: BOTD2Protocol, held: int, progressed: bool) -> None:
+        """
+        After a read: C{proto} holds C{held} bytes of a frame not yet whole,
+        and has (C{progressed}) or has not completed a frame in that read.
+        Over L{maxPartialBytes} in all, close the stalest holders.
+        """
+        partial = self._partial
+        old = partial.pop(proto, 0) if progressed else partial.get(proto, 0)
+        if held >= PARTIAL_TRACKED and not proto.disconnecting:
+            partial[proto] = held  # at the end if it progressed, else where it was
+            self._partialBytes += held - old
+        else:
+            partial.pop(proto, None)
+            self._partialBytes -= old
+        while self._partialBytes > self.maxPartialBytes:
+            victim = next(iter(partial))
+            self._partialBytes -= partial.pop(victim)
+            victim._partialBudgetExceeded()
+
     def _connectionGone(self, proto: BOTD2Protocol) -> None:
+        self._partialBytes -= self._partial.pop(proto, 0)
         self._doneHandshaking(proto)
         self.connections.discard(proto)
         if not self.connections and self._sweep is not None:

@@ -982,3 +982,85 @@ class CipherSweepTests(SynchronousTestCase):
         self.assertIsNone(a._sweep)
         self.assertIsNone(b._sweep)
 
+
+
+class PartialFrameBudgetTests(SynchronousTestCase):
+    """
+    All connections together hold at most C{maxPartialBytes} of frames not
+    yet whole; beyond, the connection whose last whole frame is the oldest
+    gets an Error and is closed.
+    """
+
+    KIB = 1024
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = node(B_SEED, self.clock, maxPartialBytes=600 * self.KIB)
+        self.links = [dial(node(seed, self.clock), self.server) for seed in (11, 12, 13, 14)]
+        for link in self.links:
+            self.assertTrue(link.server.authenticated)
+
+    def frame(self, link: Link, size: int) -> bytes:
+        """A real transport frame from the client of C{link}, C{size} bytes of value."""
+        link.client.connection.send_payload(StringValue(value="x" * size))
+        return b"".join(link.client.connection.take_output())
+
+    def lostWith(self, link: Link) -> str | None:
+        reasons = app(link.server).lost
+        return str(reasons[0].value) if reasons else None
+
+    def test_stalest_closed(self) -> None:
+        frames = [self.frame(link, 300 * self.KIB) for link in self.links]
+        for link, data in zip(self.links[:3], frames[:3]):
+            link.server.dataReceived(data[: 200 * self.KIB])  # 600 KiB held: at the budget
+        self.assertEqual(self.server._partialBytes, 600 * self.KIB)
+        self.assertEqual([self.lostWith(link) for link in self.links], [None] * 4)
+        self.links[3].server.dataReceived(frames[3][:200 * self.KIB])
+        # The first to stall is closed, with an Error, and its bytes freed.
+        first = self.links[0]
+        self.assertTrue(first.server.disconnecting)
+        self.assertEqual(first.server.connection.buffered, 0)
+        self.assertEqual(self.server._partialBytes, 600 * self.KIB)
+        first.flush()
+        clientLost = app(first.client).lost
+        self.assertIsInstance(clientLost[0].value, errors.PeerError)
+        self.assertIn("partial frames", clientLost[0].value.message)
+        self.assertIn("partial frames", self.lostWith(first) or "")
+        for link in self.links[1:]:
+            self.assertFalse(link.server.disconnecting)
+        # The others finish their frames: delivered, and nothing is held.
+        for link, data in zip(self.links[1:], frames[1:]):
+            link.server.dataReceived(data[200 * self.KIB:])
+            self.assertEqual(len(app(link.server).messages), 1)
+        self.assertEqual((self.server._partial, self.server._partialBytes), ({}, 0))
+
+    def test_progress_moves_to_the_back(self) -> None:
+        """A connection that completes a frame is no longer the stalest."""
+        a, b, c = self.links[:3]
+        a1, a2 = self.frame(a, 300 * self.KIB), self.frame(a, 300 * self.KIB)
+        a.server.dataReceived(a1[: 250 * self.KIB])
+        b.server.dataReceived(self.frame(b, 300 * self.KIB)[: 250 * self.KIB])
+        # a completes its first frame and starts the next one: b is now the stalest.
+        a.server.dataReceived(a1[250 * self.KIB:] + a2[: 250 * self.KIB])
+        self.assertEqual(len(app(a.server).messages), 1)
+        c.server.dataReceived(self.frame(c, 300 * self.KIB)[: 250 * self.KIB])
+        self.assertTrue(b.server.disconnecting)
+        self.assertFalse(a.server.disconnecting)
+        self.assertFalse(c.server.disconnecting)
+        self.assertEqual(self.server._partialBytes, 500 * self.KIB)
+
+    def test_small_partials_not_counted(self) -> None:
+        """Below 64 KiB a partial frame is not tracked; a close forgets the bytes."""
+        link = self.links[0]
+        data = self.frame(link, 300 * self.KIB)
+        link.server.dataReceived(data[: 60 * self.KIB])
+        self.assertEqual(self.server._partial, {})
+        link.server.dataReceived(data[60 * self.KIB : 100 * self.KIB])
+        self.assertEqual(self.server._partialBytes, 100 * self.KIB)
+        link.server.transport.loseConnection()
+        link.flush()
+        self.assertEqual((self.server._partial, self.server._partialBytes), ({}, 0))
+
+    def test_setting_checked(self) -> None:
+        with self.assertRaises(ValueError):
+            node(B_SEED, maxPartialBytes=0)
