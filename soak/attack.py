@@ -65,6 +65,7 @@ from botd2.connection import Initiator
 from botd2.frames import MAX_MESSAGE
 from botd2.keys import PrivateKey, PublicKey
 from botd2.messages import encode_payload
+from botd2.protocol import DEFAULT_MAX_PARTIAL_BYTES
 from soak._node import (
     NodeProcess,
     Sampler,
@@ -100,12 +101,11 @@ from tests.rawpeer import (
 #: below what keeping any frame buffer would cost: a claimed 1 GiB, or a
 #: 1 MiB maximum message, per connection.
 PER_CONNECTION = 16 * 1024
-#: The same for a complete connection holding all but the last byte of a
-#: largest frame (b'): the node must accept 1 MiB + 16 (WIRE.md section 2)
-#: and buffers it until the frame is whole or keep-alive ends the
-#: connection, in a bytearray grown as reads come (growth leaves up to an
-#: eighth more): 1.25 MiB + 16 KiB.
-LARGE_PER_CONNECTION = MAX_MESSAGE * 5 // 4 + PER_CONNECTION
+#: What a partial frame costs the node per byte held: a bytearray grown as
+#: reads come leaves up to an eighth more.  The node holds at most
+#: C{maxPartialBytes} (128 MiB by default) of partial frames in all, plus
+#: the one frame that goes over before the stalest holder is closed (b').
+PARTIAL_OVERHEAD = 5 / 4
 #: Fixed allowance on top: Python's allocator keeps freed arenas, and the
 #: first use of code paths (imports, caches, the log) costs once.
 BASE_SLACK = 8 * 2**20
@@ -661,7 +661,7 @@ class Scenario:
     holds: int
     finish: float
     maxHandshakes: int | None = None
-    perConnection: int = 0
+    partialBudget: int = 0
     settings: str = ""
 
 
@@ -775,7 +775,7 @@ def scenarios(size: str = "full") -> dict[str, Scenario]:
             [("stall-frame", {"count": b["large"], "sources": ATTACK_SOURCES,
                               "hold": frameHold, "large": True})],
             during=b["interval"] + b["pongTimeout"] - 1.5, holds=b["large"],
-            finish=frameHold, perConnection=LARGE_PER_CONNECTION,
+            finish=frameHold, partialBudget=DEFAULT_MAX_PARTIAL_BYTES,
             settings=f"--ping-interval {b['interval']:g} --pong-timeout "
                      f"{b['pongTimeout']:g} --max-connections 1100",
         ),
@@ -915,11 +915,16 @@ def _check(scenario: Scenario, r: Result) -> None:
     if held > scenario.holds + 20:
         fail(f"the node held {held} connections at once, more than the {scenario.holds} "
              "this attack should get")
-    perConnection = scenario.perConnection or PER_CONNECTION
-    r.rssBound = BASE_SLACK + perConnection * max(held, scenario.holds)
-    r.notes.append(f"RSS bound: {mib(BASE_SLACK)} + {perConnection // 1024} KiB x "
-                   f"{max(held, scenario.holds)} "
-                   f"connections held = {mib(r.rssBound)} over the {mib(r.rssBefore)} before")
+    n = max(held, scenario.holds)
+    partial = 0
+    if scenario.partialBudget:
+        partial = int((scenario.partialBudget + MAX_MESSAGE) * PARTIAL_OVERHEAD)
+    r.rssBound = BASE_SLACK + PER_CONNECTION * n + partial
+    r.notes.append(f"RSS bound: {mib(BASE_SLACK)} + {PER_CONNECTION // 1024} KiB x {n} "
+                   "connections held"
+                   + (f" + {mib(partial)} of partial frames (the budget and one frame, x "
+                      f"{PARTIAL_OVERHEAD:g})" if partial else "")
+                   + f" = {mib(r.rssBound)} over the {mib(r.rssBefore)} before")
     if r.rssPeak - r.rssBefore > r.rssBound:
         fail(f"RSS grew by {mib(r.rssPeak - r.rssBefore)}, over the bound {mib(r.rssBound)}")
     if r.rssAfter - r.rssBefore > r.rssBound:
@@ -1009,15 +1014,34 @@ def _checkStallFrame(scenario: Scenario, r: Result) -> None:
     if w["connected"] != count:
         fail(f"only {w['connected']} of {count} handshakes completed: {w['failed']}")
     closed = w["closedAfterHandshake"]
+    end = interval + timeout
     if w["stillOpen"] or closed.get("n", 0) != w["connected"]:
         fail(f"{w['stillOpen']} stalled connections were not closed by the node")
-    elif not interval + timeout - 0.5 <= closed["min"] <= closed["max"] \
-            <= interval + timeout + TIMER_SLACK:
+    elif scenario.partialBudget:
+        if closed["max"] > end + TIMER_SLACK:
+            fail(f"stalled frames were closed up to {closed['max']:.2f} s after the handshake, "
+                 f"after interval + pong timeout = {end:g} s")
+    elif not end - 0.5 <= closed["min"] <= closed["max"] <= end + TIMER_SLACK:
         fail(f"stalled frames were closed {closed['min']:.2f}..{closed['max']:.2f} s after "
-             f"the handshake, not at interval + pong timeout = {interval + timeout:g} s")
-    if w["frames"] != {"ping,error": w["connected"]}:
-        fail(f"what the node sent stalled connections: {w['frames']} "
-             "(expected a Ping, then an Error)")
+             f"the handshake, not at interval + pong timeout = {end:g} s")
+    frames = w["frames"]
+    if not scenario.partialBudget:
+        if frames != {"ping,error": w["connected"]}:
+            fail(f"what the node sent stalled connections: {frames} "
+                 "(expected a Ping, then an Error)")
+        return
+    # (b'): the node holds what fits in its partial frame budget and closes
+    # the stalest holder (an Error, before any Ping) whenever a new one goes
+    # over; the ones it holds end at keep-alive (a Ping, then an Error).
+    fits = scenario.partialBudget // (MAX_MESSAGE - 100)
+    kept, closedEarly = frames.get("ping,error", 0), frames.get("error", 0)
+    if kept + closedEarly != w["connected"] or kept > fits:
+        fail(f"what the node sent stalled connections: {frames} (expected at most {fits} "
+             "a Ping then an Error, the others an Error at once)")
+    if w["connected"] > fits + 1 and kept < fits - 1:
+        fail(f"only {kept} stalled frames kept until keep-alive; {fits} fit in the budget")
+    r.notes.append(f"partial frame budget: {kept} held until keep-alive, {closedEarly} closed "
+                   "as the stalest when a new one went over")
 
 
 def _checkHugeLength(scenario: Scenario, r: Result) -> None:

@@ -1011,7 +1011,7 @@ class PartialFrameBudgetTests(SynchronousTestCase):
 
     def test_stalest_closed(self) -> None:
         frames = [self.frame(link, 300 * self.KIB) for link in self.links]
-        for link, data in zip(self.links[:3], frames[:3]):
+        for link, data in zip(self.links[:3], frames[:3], strict=True):
             link.server.dataReceived(data[: 200 * self.KIB])  # 600 KiB held: at the budget
         self.assertEqual(self.server._partialBytes, 600 * self.KIB)
         self.assertEqual([self.lostWith(link) for link in self.links], [None] * 4)
@@ -1029,7 +1029,7 @@ class PartialFrameBudgetTests(SynchronousTestCase):
         for link in self.links[1:]:
             self.assertFalse(link.server.disconnecting)
         # The others finish their frames: delivered, and nothing is held.
-        for link, data in zip(self.links[1:], frames[1:]):
+        for link, data in zip(self.links[1:], frames[1:], strict=True):
             link.server.dataReceived(data[200 * self.KIB:])
             self.assertEqual(len(app(link.server).messages), 1)
         self.assertEqual((self.server._partial, self.server._partialBytes), ({}, 0))
