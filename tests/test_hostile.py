@@ -54,6 +54,7 @@ from botd2.handshake import check_ack, derive_keys
 from botd2.keyfile import key_to_pem
 from botd2.keys import PrivateKey, PublicKey
 from botd2.messages import encode_payload
+from soak import _node as soak_node
 from tests.rawpeer import (
     WAIT,
     Outcome,
@@ -70,7 +71,6 @@ from tests.rawpeer import (
     send_quietly,
     split_frames,
 )
-from tests.test_node import LISTENING, TWISTD, checkoutEnv
 from tests.vectors import botd2, h
 
 #: A refusal "at once" comes within this many seconds (the node's timers
@@ -146,33 +146,9 @@ def startNode(args: Sequence[str], key: PrivateKey | None = None) -> RunningNode
                      0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key_to_pem(key))
-    files: list[IO[bytes]] = [
-        open(os.path.join(directory, name), "wb")  # noqa: SIM115 - closed by stop()
-        for name in ("stdout.log", "stderr.log")
-    ]
-    process = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile", "", "--logfile", "-", "botd2",
-         "--port", "tcp:0:interface=127.0.0.1", "--key", "node.key", *args],
-        cwd=directory,
-        env=checkoutEnv(),
-        stdin=subprocess.DEVNULL,
-        stdout=files[0],
-        stderr=files[1],
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        text = _read(os.path.join(directory, "stdout.log"))
-        match = LISTENING.search(text)
-        if match:
-            break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(WAIT)
-            raise AssertionError(f"the node did not start:\n{text}"
-                                 f"{_read(os.path.join(directory, 'stderr.log'))}")
-        time.sleep(0.02)
-    node = RunningNode(process, directory, PublicKey.from_node_id(match["node"]),
-                       match["host"], int(match["port"]), time.monotonic(), files)
+    started = soak_node.startNode(args, directory=directory)
+    node = RunningNode(started.process, directory, started.key, started.host, started.port,
+                       time.monotonic(), started.files)
     _running.add(node)
     return node
 
