@@ -332,10 +332,11 @@ class KeepAliveCount:
     floods: int = 0
 
 
-@contextmanager
-def countKeepAlive() -> Iterator[KeepAliveCount]:
-    """Count accepted Pongs and arriving Pings (all nodes) while in the block."""
-    count = KeepAliveCount()
+def installKeepAliveCount(count: KeepAliveCount) -> Callable[[], None]:
+    """
+    Count accepted Pongs and arriving Pings of every L{KeepAlive} (all nodes
+    of this process) into C{count}; return what undoes it.
+    """
     pongReceived, pingArrived = KeepAlive.pongReceived, KeepAlive.pingArrived
 
     def countPong(ka: KeepAlive, pingID: str, now: float) -> bool:
@@ -349,13 +350,24 @@ def countKeepAlive() -> Iterator[KeepAliveCount]:
         count.floods += not accepted
         return accepted
 
+    def restore() -> None:
+        KeepAlive.pongReceived = pongReceived  # type: ignore[method-assign]
+        KeepAlive.pingArrived = pingArrived  # type: ignore[method-assign]
+
     KeepAlive.pongReceived = countPong  # type: ignore[method-assign,assignment]
     KeepAlive.pingArrived = countPing  # type: ignore[method-assign,assignment]
+    return restore
+
+
+@contextmanager
+def countKeepAlive() -> Iterator[KeepAliveCount]:
+    """Count accepted Pongs and arriving Pings (all nodes) while in the block."""
+    count = KeepAliveCount()
+    restore = installKeepAliveCount(count)
     try:
         yield count
     finally:
-        KeepAlive.pongReceived = pongReceived  # type: ignore[method-assign]
-        KeepAlive.pingArrived = pingArrived  # type: ignore[method-assign]
+        restore()
 
 
 @implementer(ILogObserver)

@@ -36,7 +36,6 @@ from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import StringValue
 from twisted.python.failure import Failure
 
-from botd2.keepalive import KeepAlive
 from botd2.protocol import PeerFactory, PeerProtocol
 from soak._node import (
     NodeProcess,
@@ -48,6 +47,7 @@ from soak._node import (
     workerCommand,
 )
 from soak.attack import Worker
+from soak.simulate import KeepAliveCount, installKeepAliveCount
 
 #: The node's RSS at the end may exceed the reference sample by this fraction.
 RSS_MARGIN = 0.10
@@ -104,32 +104,6 @@ class SoakPeer(PeerProtocol):
             self.state.lost = f"{type(reason.value).__name__}: {reason.value}"
 
 
-class _Counters:
-    """Keep-alive events in this client process (its own KeepAlive objects)."""
-
-    pongs = 0
-    pingsArrived = 0
-    floods = 0
-
-    @classmethod
-    def install(cls) -> None:
-        pongReceived, pingArrived = KeepAlive.pongReceived, KeepAlive.pingArrived
-
-        def countPong(ka: KeepAlive, pingID: str, now: float) -> bool:
-            accepted = pongReceived(ka, pingID, now)
-            cls.pongs += accepted
-            return accepted
-
-        def countPing(ka: KeepAlive, now: float) -> bool:
-            accepted = pingArrived(ka, now)
-            cls.pingsArrived += 1
-            cls.floods += not accepted
-            return accepted
-
-        KeepAlive.pongReceived = countPong  # type: ignore[method-assign,assignment]
-        KeepAlive.pingArrived = countPing  # type: ignore[method-assign,assignment]
-
-
 def clientMain(params: dict[str, Any]) -> int:
     """
     A client process: connect C{count} identities, say "ready", wait for a
@@ -145,7 +119,8 @@ def clientMain(params: dict[str, Any]) -> int:
 
     from botd2.keys import PrivateKey
 
-    _Counters.install()
+    counts = KeepAliveCount()  # this process's own KeepAlive objects, for its life
+    installKeepAliveCount(counts)
     rng = random.Random(params["first"])
     rate = params["rate"]
     states = [ConnState(params["first"] + i) for i in range(params["count"])]
@@ -210,9 +185,9 @@ def clientMain(params: dict[str, Any]) -> int:
             "bad": sum(st.bad for st in states),
             "disconnected": [f"{st.index}: {st.lost}" for st in states if st.lost][:10],
             "disconnectedCount": sum(bool(st.lost) for st in states),
-            "nodePingsAnswered": _Counters.pingsArrived - _Counters.floods,
-            "ourPingsAnswered": _Counters.pongs,
-            "floods": _Counters.floods,
+            "nodePingsAnswered": counts.pings - counts.floods,
+            "ourPingsAnswered": counts.pongs,
+            "floods": counts.floods,
             "pingedByNodeLastInterval": pingedRecently,
             "pongedLastInterval": pongedRecently,
         }

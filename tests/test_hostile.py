@@ -34,13 +34,12 @@ import atexit
 import os
 import select
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import coincurve
 from google.protobuf import any_pb2
@@ -52,7 +51,7 @@ from botd2.connection import Initiator
 from botd2.frames import MAX_MESSAGE, TAG_SIZE, CipherState
 from botd2.handshake import check_ack, derive_keys
 from botd2.keyfile import key_to_pem
-from botd2.keys import PrivateKey, PublicKey
+from botd2.keys import PrivateKey
 from botd2.messages import encode_payload
 from soak import _node as soak_node
 from tests.rawpeer import (
@@ -90,32 +89,17 @@ UNKNOWN_TYPE = "type.googleapis.com/botd2.hostile.NoSuchType"
 
 
 @dataclass(eq=False)
-class RunningNode:
-    """A C{twistd -n botd2} process, its directory, and what its log said."""
+class RunningNode(soak_node.NodeProcess):
+    """A node of L{soak._node.startNode}, with when it started and raw peers to it."""
 
-    process: subprocess.Popen[bytes]
-    directory: str
-    key: PublicKey
-    host: str
-    port: int
-    startedAt: float
-    files: list[IO[bytes]] = field(default_factory=list)
-
-    def log(self) -> str:
-        return _read(os.path.join(self.directory, "stdout.log")) + _read(
-            os.path.join(self.directory, "stderr.log")
-        )
+    startedAt: float = field(default_factory=time.monotonic)
 
     def peer(self, static: PrivateKey | None = None, source: str | None = None) -> RawPeer:
         """A raw connection to the node, nothing sent yet."""
         return RawPeer(self.host, self.port, self.key, static, source)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(WAIT)
-        for f in self.files:
-            f.close()
+        super().stop()
         _running.discard(self)
 
 
@@ -126,11 +110,6 @@ _running: set[RunningNode] = set()
 def _killAll() -> None:
     for node in list(_running):
         node.stop()
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
 
 
 def startNode(args: Sequence[str], key: PrivateKey | None = None) -> RunningNode:
@@ -148,7 +127,7 @@ def startNode(args: Sequence[str], key: PrivateKey | None = None) -> RunningNode
             f.write(key_to_pem(key))
     started = soak_node.startNode(args, directory=directory)
     node = RunningNode(started.process, directory, started.key, started.host, started.port,
-                       time.monotonic(), started.files)
+                       started.files)
     _running.add(node)
     return node
 
