@@ -521,13 +521,9 @@ class BOTD2Protocol(Protocol):
         self.factory._logStranger(
             LogLevel.debug,
             "botd2 handshake from {address} {why}",
-            address=_formatAddress(self.transport.getPeer()) if self.transport else "?",
+            address=_formatAddress(self.transport.getPeer()),
             why=why,
         )
-        if self.transport is None:  # built but never connected (tests)
-            self.disconnecting = True
-            self._reason = errors.ClosedByUs(why)
-            return
         self._close(errors.ClosedByUs(why), abort=True)
 
     def _partialBudgetExceeded(self) -> None:
