@@ -26,15 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from cryptography.exceptions import InvalidTag
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from botd2.botd2_pb2 import Envelope, Error, Ping, Pong
 from botd2.frames import (
     _LENGTH,
+    _NONCE,
     HANDSHAKE_MAX_LENGTH,
     LENGTH_SIZE,
     MAX_MESSAGE,
+    REKEY_AFTER,
     TAG_SIZE,
     BadTag,
     CipherState,
@@ -53,6 +56,7 @@ from botd2.handshake import (
 )
 from botd2.keys import PrivateKey, PublicKey
 from botd2.messages import (
+    _SPLITS,
     DecodeError,
     encode_payload,
     is_valid_id,
@@ -162,6 +166,8 @@ class ConnectionFailed(Event):
 
 _EMPTY_ENVELOPE: Final = b""
 _LENGTH_UNPACK: Final = _LENGTH.unpack_from
+_NONCE_PACK: Final = _NONCE.pack
+_LENGTH_PACK: Final = _LENGTH.pack
 #: Frames smaller than this are queued as one chunk, header and body joined.
 _JOIN_BELOW: Final = 4096
 
@@ -274,8 +280,16 @@ class Connection:
             )
         if self.state is not State.OPEN and not self.can_send:
             raise NotReady(f"cannot send in state {self.state.value}")
-        assert self._send is not None
-        header, body = self._send.seal(envelope)
+        send = self._send
+        assert send is not None
+        c = send.counter
+        aead = send._aead
+        if c < REKEY_AFTER and aead is not None:  # CipherState.seal, inline
+            send.counter = c + 1
+            header = _LENGTH_PACK(len(envelope) + TAG_SIZE)
+            body = aead.encrypt(_NONCE_PACK(c), envelope, header)
+        else:
+            header, body = send.seal(envelope)
         if len(body) < _JOIN_BELOW:
             # one chunk: cheaper for writeSequence than two tiny ones
             self._out.append(header + body)
@@ -402,8 +416,10 @@ class Connection:
     def _receive_transport(self, events: list[Event]) -> None:
         """
         The hot loop: every frame of an open connection.  The same rules as
-        L{_receive_handshake} for transport frames, with the common case (a
-        canonical payload) handled inline and the body decrypted in place.
+        L{_receive_handshake} for transport frames, with the common cases
+        inlined: the open of L{CipherState.open} (its rekey and release
+        cases stay there), and a canonical payload of a length seen before
+        (L{split_payload}'s cache); the body is decrypted in place.
         """
         buf = self._buffer
         data, pos = buf._buf, buf._pos
@@ -414,6 +430,8 @@ class Connection:
         assert recv is not None
         limit = TAG_SIZE + self.max_message
         unpack = _LENGTH_UNPACK
+        nonce = _NONCE_PACK
+        splits = _SPLITS
         append = events.append
         view = memoryview(data)
         try:
@@ -425,14 +443,28 @@ class Connection:
                 stop = start + length
                 if stop > end:
                     break
+                c = recv.counter
+                aead = recv._aead
                 try:
-                    plaintext = recv.open(view[pos:start], view[start:stop])
-                except BadTag:
+                    if c < REKEY_AFTER and aead is not None:  # CipherState.open, inline
+                        recv.counter = c + 1
+                        plaintext = aead.decrypt(nonce(c), view[start:stop], view[pos:start])
+                    else:
+                        plaintext = recv.open(view[pos:start], view[start:stop])
+                except (InvalidTag, BadTag):
                     raise _Fail(
                         "bad_tag", "transport frame failed authentication", False
                     ) from None
                 pos = stop
-                if plaintext and plaintext[0] == 0x32:
+                n = len(plaintext)
+                hit = splits.get(n)
+                if hit is not None and plaintext.startswith(hit[0]):
+                    # split_payload's cache hit, inline: same header, same parse
+                    head = len(hit[0])
+                    value = plaintext[head:] if n - head < 4096 else memoryview(plaintext)[head:]
+                    append(PayloadReceived(hit[1], value))
+                    continue
+                if n and plaintext[0] == 0x32:
                     payload = split_payload(plaintext)
                     if payload is not None:
                         append(PayloadReceived(payload[0], payload[1]))

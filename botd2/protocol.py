@@ -29,6 +29,7 @@ transport can pause a registered producer in time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,7 +57,6 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -75,6 +75,7 @@ from botd2.connection import (
     PingReceived,
     PongReceived,
     Responder,
+    State,
 )
 from botd2.frames import MAX_MESSAGE
 from botd2.handshake import TransportKeys
@@ -342,9 +343,24 @@ class BOTD2Protocol(Protocol):
         self._inReceive = True
         try:
             events = self.connection.receive_data(data)
+            classes = self._classes
+            app = self.app
             for event in events:
-                if type(event) is PayloadReceived:  # most events, inline
-                    self._payloadReceived(event)
+                if type(event) is PayloadReceived:
+                    # most events: _payloadReceived's common case, inline
+                    cls = classes.get(event.type_url)
+                    if cls is not None:
+                        try:
+                            message = cls.FromString(event.value)  # type: ignore[arg-type]
+                        except DecodeError:
+                            self._payloadReceived(event)  # says why, closes
+                            break
+                        try:
+                            app.messageReceived(message)
+                        except Exception:
+                            self._appFailed(app.messageReceived)
+                    else:
+                        self._payloadReceived(event)
                 else:
                     self._handle(event)
                 if self.disconnecting:
@@ -380,7 +396,7 @@ class BOTD2Protocol(Protocol):
             "botd2 connection {direction} {peer} at {address} closed: {reason}",
             direction="to" if self.initiator else "from",
             peer=self.peer.nodeID if self.peer else "(unauthenticated)",
-            address=_formatAddress(self.transport.getPeer()),
+            address=_formatAddress(self.peer.address if self.peer else self.transport.getPeer()),
             reason=str(why),
             reasonType=type(why).__name__,
             authenticated=self.authenticated,
@@ -709,10 +725,15 @@ class BOTD2Protocol(Protocol):
         """
         if not self.authenticated:
             raise NotReady("the handshake is not complete: send from peerAuthenticated() on")
-        if self.disconnecting or self.connection.closed:
+        connection = self.connection
+        if self.disconnecting or connection.state is State.CLOSED:
             return  # closing, maybe by a later frame of the read being handled
-        self.connection.send_payload(message)
-        self._scheduleFlush()
+        connection.send_payload(message)
+        # _scheduleFlush, inline: the common case of every message sent
+        if connection._out_size >= FLUSH_THRESHOLD or not (
+            self._inReceive or self._flushCall is not None
+        ):
+            self._scheduleFlush()
 
     def write(self, data: bytes) -> None:
         raise TypeError("a BOTD #2 connection carries messages: use sendMessage()")
@@ -786,17 +807,25 @@ def clientEndpoint(
     C{HostnameEndpoint} (name resolution, happy eyeballs) for a name only;
     for a literal address it would cost a thread-pool lookup per connection.
     """
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
+    version = _ipVersion(address.host)
+    if version is None:
         return HostnameEndpoint(
             reactor, address.host, address.port, timeout=timeout, bindAddress=bindAddress
         )
-    cls = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
+    cls = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
     endpoint: IStreamClientEndpoint = cls(
         reactor, address.host, address.port, timeout=timeout, bindAddress=bindAddress
     )
     return endpoint
+
+
+@functools.lru_cache(maxsize=256)
+def _ipVersion(host: str) -> int | None:
+    """4 or 6 for an IP address, C{None} for a name (a node dials the same few)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
 
 
 def _sourceKey(address: object) -> str | None:
@@ -911,7 +940,10 @@ class PeerFactory(Factory):
         # Insertion-ordered: the first of each is its oldest handshake.
         self._handshakingByHost: dict[str | None, dict[BOTD2Protocol, None]] = {}
         self._dialWaiters: dict[PublicKey, list[Deferred[PeerProtocol]]] = {}
-        self._sweep: LoopingCall | None = None
+        # The next cipher sweep, pending while any connection exists (a
+        # callLater, not a LoopingCall: a node dialling one peer at a time
+        # starts and stops it with every connection).
+        self._sweep: IDelayedCall | None = None
         self._peerGoneWaiters: dict[PublicKey, list[Deferred[None]]] = {}
         self._strangerLog = _LogBudget(self.strangerLogRate, self.strangerLogBurst)
         self.maxPartialBytes = maxPartialBytes
@@ -1019,12 +1051,11 @@ class PeerFactory(Factory):
         proto = BOTD2Protocol(self, connection, app)
         self.connections.add(proto)
         if self._sweep is None:
-            self._sweep = LoopingCall(self._sweepCiphers)
-            self._sweep.clock = self.clock
-            self._sweep.start(CIPHER_SWEEP_INTERVAL, now=False)
+            self._sweep = self.clock.callLater(CIPHER_SWEEP_INTERVAL, self._sweepCiphers)
         return proto
 
     def _sweepCiphers(self) -> None:
+        self._sweep = self.clock.callLater(CIPHER_SWEEP_INTERVAL, self._sweepCiphers)
         for proto in self.connections:
             proto.connection.release_idle_ciphers()
         if self._strangerLog.suppressed and self._strangerLog.take(self._now()):
@@ -1095,8 +1126,8 @@ class PeerFactory(Factory):
         self._doneHandshaking(proto)
         self.connections.discard(proto)
         if not self.connections and self._sweep is not None:
-            if self._sweep.running:
-                self._sweep.stop()
+            if self._sweep.active():
+                self._sweep.cancel()
             self._sweep = None
         if proto.peer is not None and self.peers.get(proto.peer.node) is proto:
             del self.peers[proto.peer.node]

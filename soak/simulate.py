@@ -307,8 +307,8 @@ class ClientNode(PeerFactory):
 
     def wrap(self, connection: Connection) -> BOTD2Protocol:
         proto = super().wrap(connection)
-        if self._sweep is not None and self._sweep.running:
-            self._sweep.stop()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()  # left cancelled, not None: wrap() starts no other
         return proto
 
 

@@ -201,6 +201,39 @@ class RekeyVectorTests(SynchronousTestCase):
                 self.assertEqual(entry["nonce"], (bytes(4) + entry["c"].to_bytes(8, "big")).hex())
 
 
+    def test_rekey_through_connections(self) -> None:
+        """
+        The same frames from the sans-IO connections, whose per-frame paths
+        inline the seal and the open: sent one by one, received in one read
+        that crosses both rekeys, and then again after the ciphers were
+        released (the path that makes them anew).
+        """
+        from tests.test_frame_properties import open_pair
+
+        v = botd2("rekey.json")
+        expected = {entry["frame_index"]: entry["frame"] for entry in v["frames"]}
+        plaintext = h(v["plaintext_envelope"])
+        ping_id = parse_envelope(plaintext).ping.id
+        i, r = open_pair()
+        i._send = CipherState(h(v["keys"][0]))
+        r._recv = CipherState(h(v["keys"][0]))
+        chunks: list[bytes] = []
+        for index in range(max(expected) + 1):
+            i.send_envelope_bytes(plaintext)
+            (chunk,) = i.take_output()
+            chunks.append(chunk)
+            if index in expected:
+                self.assertEqual(chunk.hex(), expected[index], index)
+        events = r.receive_data(b"".join(chunks[:1500]))
+        self.assertEqual(events, [PingReceived(ping_id)] * 1500)
+        i.release_idle_ciphers(force=True)
+        r.release_idle_ciphers(force=True)
+        events = r.receive_data(b"".join(chunks[1500:]))
+        self.assertEqual(events, [PingReceived(ping_id)] * (len(chunks) - 1500))
+        self.assertEqual((r._recv.generation, r._recv.counter), (2, 501))
+        self.assertEqual(r.state, State.OPEN)
+
+
 class PrimitiveVectorTests(SynchronousTestCase):
     """C{primitives.json}."""
 
