@@ -85,7 +85,7 @@ def summarize(raw: Path, root: Path, top: int) -> list[str]:
     out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in buckets.most_common()]
     out.append("  Twisted, no botd2 frame: the functions sampled most")
     out += [f"    {100 * n / total:5.1f}%  {name}" for name, n in others.most_common(6)]
-    out.append("  botd2 lines with the most samples:")
+    out.append("  botd2 lines (crypto calls included) with the most samples:")
     out += [f"    {100 * n / total:5.1f}%  {name}" for name, n in lines.most_common(top)]
     return out
 
