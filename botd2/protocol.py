@@ -45,7 +45,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -532,15 +532,22 @@ class BOTD2Protocol(Protocol):
 
     def _evict(self, why: str) -> None:
         """Closed by the node to admit another stranger: nothing is sent."""
-        if self.disconnecting:
-            return
-        self.factory._logStranger(
-            LogLevel.debug,
-            "botd2 handshake from {address} {why}",
-            address=_formatAddress(self.transport.getPeer()),
-            why=why,
-        )
-        self._close(errors.ClosedByUs(why), abort=True)
+        if not self.disconnecting:
+            self.factory._logStranger(
+                LogLevel.debug,
+                "botd2 handshake from {address} {why}",
+                address=_formatAddress(self.transport.getPeer()),
+                why=why,
+            )
+            self._close(errors.ClosedByUs(why), abort=True)
+        # Twisted closes an aborted TCP socket on its next turn, and the
+        # newcomer's is open already (several, when one read of the listening
+        # socket accepts many): close this one now, so that the node never
+        # holds more sockets than its caps.  Twisted's TCP transport ignores
+        # the connectionLost it scheduled once its socket is gone.
+        transport = self.transport
+        if hasattr(transport, "socket") and not self._lostCalled:
+            transport.connectionLost(Failure(ConnectionAborted()))
 
     def _partialBudgetExceeded(self) -> None:
         """Closed by the node: the stalest partial frame while the budget is full."""

@@ -614,6 +614,47 @@ class StalledHandshakeTests(TCPTestCase):
         self.assertIsNotNone(await app.ping())
 
 
+class EvictedSocketTests(TCPTestCase):
+    """What an eviction does to the sockets the node holds."""
+
+    async def test_evicted_socket_closed_at_once(self) -> None:
+        """
+        The socket of a handshake evicted for a newcomer is closed before
+        the newcomer's protocol is built, not on the reactor's next turn
+        (Twisted's delay for an aborted socket): one read of the listening
+        socket may accept many connections, and the node never holds more
+        sockets than its caps.  The evicted peer sees its connection close.
+        """
+        victims: list[tuple[bool, bool]] = []
+
+        class Watching(PeerFactory):
+            def buildProtocol(self, addr: IAddress) -> BOTD2Protocol | None:  # type: ignore[override]
+                before = set(self._handshaking)
+                proto = super().buildProtocol(addr)
+                for victim in before - set(self._handshaking):
+                    victims.append((victim._lostCalled, hasattr(victim.transport, "socket")))
+                return proto
+
+        server = self.track(
+            Watching(PrivateKey.generate(), reactor=reactor, protocol=Recorder, maxHandshakes=3)
+        )
+        port = await self.listen(server)
+
+        async def stall(host: str) -> Raw:
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, LOCALHOST, port, bindAddress=(host, 0))
+            return await endpoints.connectProtocol(endpoint, self.raw(halfInit(server.identity)))
+
+        first = [await stall("127.0.0.1") for _ in range(3)]
+        await waitUntil(lambda: len(server._handshaking) == 3, "three handshakes held")
+        await stall("127.0.0.2")  # 127.0.0.1 holds 3, 127.0.0.2 none: evicts
+        await waitUntil(lambda: bool(victims), "an eviction")
+        # closed (connectionLost done, socket gone) inside buildProtocol
+        self.assertEqual(victims, [(True, False)])
+        await waitUntil(lambda: not first[0].open, "the evicted peer to see the close")
+        self.assertTrue(first[1].open and first[2].open)
+        self.assertEqual(len(server._handshaking), 3)
+
+
 # 4. connect() -------------------------------------------------------------------------
 
 
