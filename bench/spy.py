@@ -133,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"figure {args.figure}: {result[-1] if result else client.stderr.strip()[-300:]}")
     for side in ("server", "client"):
         print(f"{side}:")
-        print("\n".join(summarize(work / f"{side}.txt", root, args.top)))
+        raw = work / f"{side}.txt"
+        if not raw.exists():
+            # attaching to a running process needs ptrace rights
+            print("  no samples: py-spy could not record this process (as root, or with "
+                  "kernel.yama.ptrace_scope = 0, it can)")
+            continue
+        print("\n".join(summarize(raw, root, args.top)))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
