@@ -57,6 +57,7 @@ from botd2.handshake import (
 from botd2.keys import PrivateKey, PublicKey
 from botd2.messages import (
     _SPLITS,
+    COPY_BELOW,
     DecodeError,
     encode_payload,
     is_valid_id,
@@ -462,7 +463,10 @@ class Connection:
                 if hit is not None and plaintext.startswith(hit[0]):
                     # split_payload's cache hit, inline: same header, same parse
                     head = len(hit[0])
-                    value = plaintext[head:] if n - head < 4096 else memoryview(plaintext)[head:]
+                    if n - head < COPY_BELOW:
+                        value: bytes | memoryview = plaintext[head:]
+                    else:
+                        value = memoryview(plaintext)[head:]
                     append(PayloadReceived(hit[1], value))
                     continue
                 if n and plaintext[0] == 0x32:

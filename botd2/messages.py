@@ -213,6 +213,10 @@ def _payload_head(cls: type[Message], n: int) -> bytes:
     return b"\x32" + _varint(len(url) + len(value_head) + n) + url + value_head
 
 
+#: Values shorter than this are copied out of the decrypted frame; longer
+#: ones are views into it (a small copy is cheaper than a view).
+COPY_BELOW: Final = 4096
+
 #: Envelope length -> (every byte before the value, type URL) of the last
 #: canonical payload Envelope of that length split: the receive side's
 #: counterpart of L{_HEADS}.
@@ -231,7 +235,7 @@ def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
         # The header of an earlier Envelope of this length, already parsed:
         # same bytes, same parse.  (Streams of one type and size hit.)
         start = len(hit[0])
-        if end - start < 4096:
+        if end - start < COPY_BELOW:
             return hit[1], envelope[start:]
         return hit[1], memoryview(envelope)[start:]
     if end < 2 or envelope[0] != 0x32:
@@ -275,7 +279,7 @@ def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     if len(_SPLITS) >= 1024:
         _SPLITS.clear()
     _SPLITS[end] = (envelope[:start], url)
-    if n < 4096:  # a small copy is cheaper than a view
+    if n < COPY_BELOW:
         return url, envelope[start:pos]
     return url, memoryview(envelope)[start:pos]
 
