@@ -222,6 +222,39 @@ class FrameConnector(Connector):
         return FrameConn(proto)
 
 
+class FloorConn(Conn):
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def request(self, message: BytesValue) -> Deferred[BytesValue]:
+        return self.proto.request(message)  # type: ignore[no-any-return]
+
+    def close(self) -> Deferred[Any]:
+        self.proto.transport.loseConnection()
+        return self.proto.lost  # type: ignore[no-any-return]
+
+
+class FloorConnector(Connector):
+    """The handshake floor of L{bench.floor} (connect figures only)."""
+
+    def __init__(self, reactor: Any, port: int, node: str, bind: str | None) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.peer = bytes.fromhex(node)
+        self.bind = (bind, 0) if bind else None
+        self.factories: dict[int, Any] = {}
+
+    async def open(self, slot: int) -> Conn:
+        from bench._floor import FloorClientFactory
+
+        factory = self.factories.get(slot)
+        if factory is None:
+            factory = self.factories[slot] = FloorClientFactory(self.peer)
+        endpoint = TCP4ClientEndpoint(self.reactor, HOST, self.port, bindAddress=self.bind)
+        proto = await endpoint.connect(factory)
+        return FloorConn(await proto.ready)
+
+
 # A streaming producer --------------------------------------------------------------
 
 
@@ -451,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     connector: Connector
     if args.transport == "botd2":
         connector = BotdConnector(reactor, args.port, args.node, args.bind)
+    elif args.transport == "floor":
+        connector = FloorConnector(reactor, args.port, args.node, args.bind)
     else:
         creator = (
             tls_client_creator(Path(args.certs), args.tls_groups)

@@ -36,6 +36,8 @@ from twisted.protocols.basic import Int32StringReceiver
 from botd2.botd2_pb2 import Envelope, Ping, Pong
 
 TRANSPORTS: Final = ("botd2", "tcp", "tls")
+#: What the processes also take: the handshake floor of L{bench.floor}.
+ALL_TRANSPORTS: Final = (*TRANSPORTS, "floor")
 HOST: Final = "127.0.0.1"
 #: The BOTD #2 default port: never used by the benchmark.
 FORBIDDEN_PORT: Final = 9945
@@ -378,7 +380,7 @@ def tls_client_creator(certs: Path, groups: str) -> Any:
 
 def add_common_arguments(parser: Any) -> None:
     """The options that the server and the client processes share."""
-    parser.add_argument("--transport", choices=TRANSPORTS, required=True)
+    parser.add_argument("--transport", choices=ALL_TRANSPORTS, required=True)
     parser.add_argument("--certs", type=Path, help="directory with ca/server/client.pem")
     parser.add_argument("--tls-groups", default="X25519")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the reactor run here")

@@ -173,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             return len(factory.connections), len(factory.peers)
 
         port = reactor.listenTCP(0, factory, backlog=BACKLOG, interface=HOST)  # type: ignore[attr-defined]
+    elif args.transport == "floor":
+        from bench._floor import FloorServerFactory
+
+        floor = FloorServerFactory()
+        node = floor.static_pub.hex()
+
+        def counts() -> tuple[int, int]:
+            return len(floor.live), sum(1 for p in floor.live if p.seen)
+
+        port = reactor.listenTCP(0, floor, backlog=BACKLOG, interface=HOST)  # type: ignore[attr-defined]
     else:
         frames = FrameServerFactory()
 
