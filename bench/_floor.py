@@ -150,6 +150,8 @@ class FloorClient(ClientLogic, FloorPeer):
         self.ready.callback(self)
 
     def connectionLost(self, reason: object = None) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError("floor: connection lost during the handshake"))
         self.lost.callback(None)
 
 
