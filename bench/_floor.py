@@ -41,8 +41,7 @@ _NONCE = struct.Struct(">4xQ").pack
 class FloorPeer(EnvelopeReceiver):
     """Both roles: the handshake frames first, then sealed Envelopes."""
 
-    static: bytes  # our secret
-    static_pub: bytes  # our compressed public key
+    initiator = False
     _send: AESGCM | None = None
     _recv: AESGCM | None = None
     _sent = 0
@@ -53,8 +52,6 @@ class FloorPeer(EnvelopeReceiver):
                           TRANSPORT_INFO, 64)
         k_ir, k_ri = AESGCM(okm[:32]), AESGCM(okm[32:])
         self._send, self._recv = (k_ir, k_ri) if self.initiator else (k_ri, k_ir)
-
-    initiator = False
 
     def sendMessage(self, message: BytesValue) -> None:
         assert self._send is not None
@@ -85,6 +82,9 @@ class FloorServer(ServerLogic, FloorPeer):
             self.transportFrame(data)
             return
         factory = self.factory
+        if len(data) != 163:  # the C calls below read fixed lengths
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         sender, recipient, eph = data[:33], data[33:66], data[66:99]
         sender_key = c.pubkey_parse(sender)
         eph_key = c.pubkey_parse(eph)
@@ -94,7 +94,7 @@ class FloorServer(ServerLogic, FloorPeer):
             or eph_key is None
             or not c.verify(sender_key, data[99:163], data[:99])
         ):
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[union-attr]
             return
         secret = c.random_secret()
         our_eph = c.pubkey_serialize(c.pubkey_create(secret))
@@ -104,7 +104,7 @@ class FloorServer(ServerLogic, FloorPeer):
 
 
 class FloorServerFactory(Factory):
-    protocol = FloorServer
+    protocol = FloorServer  # type: ignore[assignment]
     noisy = False
 
     def __init__(self) -> None:
@@ -139,11 +139,11 @@ class FloorClient(ClientLogic, FloorPeer):
             return
         factory = self.factory
         eph = data[:33]
-        eph_key = c.pubkey_parse(eph)
+        eph_key = c.pubkey_parse(eph) if len(data) == 97 else None
         if eph_key is None or not c.verify(
             factory.peer_key, data[33:97], factory.peer_pub + factory.static_pub + eph
         ):
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._keys(self._secret, eph_key, self._init, data)
         self._secret = self._init = b""
@@ -156,7 +156,7 @@ class FloorClient(ClientLogic, FloorPeer):
 
 
 class FloorClientFactory(Factory):
-    protocol = FloorClient
+    protocol = FloorClient  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, peer: bytes) -> None:
