@@ -28,6 +28,7 @@ failed.  A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -123,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
                 for child, _ in servers.values():
                     child.stop()
                     children.forget(child)
+    except BaseException:
+        failed = True
+        raise
     finally:
         children.kill_all()
+        if failed:
+            log(f"children's stderr kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"bench.floor: {args.runs} runs alternated, medians (min-max of the per-run ratios)")
