@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", default="1a,1b", help="1a (1 at a time), 1b (8 at a time)")
     args = parser.parse_args(argv)
     figures = [f for f in args.figures.split(",") if f]
-    unknown = set(figures) - set(LOOPS)
-    if unknown or args.runs < 1 or args.seconds <= 0:
-        parser.error(f"--figures takes 1a and 1b, --runs >= 1, --seconds > 0 (got {args.figures})")
+    if not figures or set(figures) - set(LOOPS):
+        parser.error(f"--figures takes 1a, 1b or 1a,1b, not {args.figures!r}")
+    if args.runs < 1 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--runs must be at least 1, --seconds positive, --warmup not negative")
 
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="botd2-floor-"))
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{result['first_failure']}")
                         got[t] = result["value"]
                         rates[figure][t].append(result["value"])
-                        cpu[figure][t].append((server_cpu / result["ops_total"] * 1e6,
-                                               result["cpu_s"] / result["ops"] * 1e6))
+                        if result.get("ops"):
+                            cpu[figure][t].append((server_cpu / result["ops_total"] * 1e6,
+                                                   result["cpu_s"] / result["ops"] * 1e6))
                     for a, b in RATIOS:
                         if a in got and b in got:
                             ratios[figure][(a, b)].append(got[a] / got[b])
