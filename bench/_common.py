@@ -114,6 +114,26 @@ class ServerLogic:
             self.msgs = self.nbytes = 0
 
 
+class TrackedServer(ServerLogic):
+    """
+    A baseline server connection (plain, TLS or the floor) in its factory's
+    C{live} set while open; C{seen} once it carried an application message.
+    """
+
+    factory: Any
+    seen = False
+
+    def connectionMade(self) -> None:
+        self.factory.live.add(self)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.live.discard(self)
+
+    def handle(self, message: BytesValue) -> None:
+        self.seen = True
+        ServerLogic.handle(self, message)
+
+
 class ClientLogic:
     """
     The client side: one reply awaited at a time (L{request}).  The class it

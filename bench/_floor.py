@@ -29,7 +29,7 @@ from google.protobuf.wrappers_pb2 import BytesValue
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
-from bench._common import ClientLogic, EnvelopeReceiver, ServerLogic, pack_envelope
+from bench._common import ClientLogic, EnvelopeReceiver, TrackedServer, pack_envelope
 from botd2 import _secp256k1 as c
 from botd2.botd2_pb2 import Envelope
 from botd2.frames import hkdf_sha256
@@ -66,19 +66,11 @@ class FloorPeer(EnvelopeReceiver):
         self.handle(BytesValue.FromString(envelope.payload.value))
 
 
-class FloorServer(ServerLogic, FloorPeer):
+class FloorServer(TrackedServer, FloorPeer):
     factory: FloorServerFactory
-    seen = False
-
-    def connectionMade(self) -> None:
-        self.factory.live.add(self)
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.factory.live.discard(self)
 
     def stringReceived(self, data: bytes) -> None:
         if self._recv is not None:
-            self.seen = True
             self.transportFrame(data)
             return
         factory = self.factory

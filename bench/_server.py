@@ -29,6 +29,7 @@ from bench._common import (
     HOST,
     EnvelopeReceiver,
     ServerLogic,
+    TrackedServer,
     add_common_arguments,
     collect_and_measure,
     emit,
@@ -52,21 +53,8 @@ class BotdServerPeer(ServerLogic, PeerProtocol):
         self.handle(message)
 
 
-class FrameServer(ServerLogic, EnvelopeReceiver):
+class FrameServer(TrackedServer, EnvelopeReceiver):
     """The baseline application (plain TCP or TLS): the same, over Int32StringReceiver."""
-
-    factory: FrameServerFactory
-    seen = False
-
-    def connectionMade(self) -> None:
-        self.factory.live.add(self)
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.factory.live.discard(self)
-
-    def handle(self, message: BytesValue) -> None:
-        self.seen = True
-        ServerLogic.handle(self, message)
 
 
 class FrameServerFactory(Factory):
