@@ -303,6 +303,8 @@ class BOTD2Protocol(Protocol):
     _flushCall: IDelayedCall | None = None
     _inReceive = False
     _lostCalled = False
+    #: The application's producer, registered on the TCP transport through us.
+    _producer: IProducer | None = None
     # Made on first use: most connections never need them, and an idle
     # connection's size is what a node with 10,000 of them pays for.
     _pingWaiters: list[tuple[str, float, Deferred[float]]] | None = None
@@ -380,6 +382,7 @@ class BOTD2Protocol(Protocol):
         if self._lostCalled:
             return
         self._lostCalled = True
+        self._producer = None  # TCP stopped it, if it was still registered
         self._cancelTimer()
         if self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
@@ -411,8 +414,7 @@ class BOTD2Protocol(Protocol):
             d.errback(failure)
         if self.authenticated:
             self._callApp(self.app.connectionLost, failure)
-        else:
-            self._failHandshakeWaiters(why)
+        self._failHandshakeWaiters(why)
         waiters, self._lostWaiters = self._lostWaiters or [], None
         for lost in waiters:
             lost.callback(why)
@@ -464,7 +466,11 @@ class BOTD2Protocol(Protocol):
             initiator=self.initiator,
         )
         self._callApp(self.app.makeConnection, self)
-        if not self.disconnecting:
+        if self.disconnecting:
+            # The application closed it from peerAuthenticated (or raised there).
+            assert self._reason is not None
+            self._failHandshakeWaiters(self._reason)
+        else:
             waiters, self._handshakeWaiters = self._handshakeWaiters or [], None
             for d in waiters:
                 d.callback(self)
@@ -560,6 +566,8 @@ class BOTD2Protocol(Protocol):
 
     def _scheduleKeepAlive(self) -> None:
         assert self.keepalive is not None
+        if self.disconnecting:
+            return  # the timer is the close grace now (a Pong's callback may have closed)
         deadline = self.keepalive.nextDeadline()
         if deadline is None:
             self._cancelTimer()
@@ -632,8 +640,8 @@ class BOTD2Protocol(Protocol):
         frames (an Error, say) are flushed first, for at most L{CLOSE_GRACE}
         seconds.
         """
-        if self.disconnecting:
-            return
+        if self.disconnecting or self._lostCalled:
+            return  # closing already, or gone (the app may call from peerDisconnected)
         self.disconnecting = True
         self._reason = why
         self._cancelTimer()
@@ -644,8 +652,15 @@ class BOTD2Protocol(Protocol):
             return
         self.connection.close()
         self._flush()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # TCP would wait for the producer to go before closing, and what
+            # it makes now is dropped: its consumer is gone, so stop it.
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._setTimer(CLOSE_GRACE, self.transport.abortConnection)
+        if producer is not None:
+            self._callApp(producer.stopProducing)
 
     def _callApp(self, f: Callable[..., object], *args: object) -> None:
         """
@@ -670,7 +685,9 @@ class BOTD2Protocol(Protocol):
         if not waiters:
             return
         failure: errors.ConnectFailed
-        if isinstance(why, errors.ProtocolViolation) and why.code == "handshake_timeout":
+        if self.authenticated:
+            failure = errors.ConnectFailed(f"closed as soon as the handshake completed: {why}")
+        elif isinstance(why, errors.ProtocolViolation) and why.code == "handshake_timeout":
             failure = errors.HandshakeTimeout(why.reason)
         elif isinstance(why, errors.ClosedByPeer):
             failure = errors.HandshakeFailed(
@@ -745,7 +762,13 @@ class BOTD2Protocol(Protocol):
         round-trip time in seconds, or fails if the connection ends first.
         Refused while a Ping is outstanding or within 30 s of the last Pong.
         """
-        if not self.authenticated or self.disconnecting or self.keepalive is None:
+        if (
+            not self.authenticated
+            or self.disconnecting
+            or self._lostCalled
+            or self.connection.closed
+            or self.keepalive is None
+        ):
             return defer.fail(NotReady("the connection is not open"))
         now = self._now()
         if not self.keepalive.mayPingNow(now):
@@ -769,8 +792,10 @@ class BOTD2Protocol(Protocol):
     # IConsumer: the application's producer is paused when TCP's buffer is full.
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
+        self._producer = producer
 
     def unregisterProducer(self) -> None:
+        self._producer = None
         self.transport.unregisterProducer()
 
     # IPushProducer: the application pausing us stops reading from TCP.
@@ -833,6 +858,26 @@ def _sourceKey(address: object) -> str | None:
         # an IPv4 peer on a dual-stack socket: counted as the IPv4 address
         return str(ip.ipv4_mapped)
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
+def _guardedPolicy(policy: Callable[[PublicKey], bool]) -> Callable[[PublicKey], bool]:
+    """
+    The application's C{allow} callable, where an exception (the
+    application's bug, or its allow-list store down) refuses the key and is
+    logged with its traceback, instead of escaping into the reactor.
+    """
+
+    def allow(key: PublicKey) -> bool:
+        try:
+            return bool(policy(key))
+        except Exception:
+            _log.failure(
+                "botd2 application error in the allow policy; refusing node {nodeID}",
+                nodeID=key.node_id,
+            )
+            return False
+
+    return allow
 
 
 def _formatAddress(address: object) -> str:
@@ -909,8 +954,10 @@ class PeerFactory(Factory):
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self._now = _monotonic(self.clock)
-        if allow is None or callable(allow):
-            self.allow: Callable[[PublicKey], bool] | None = allow
+        if allow is None:
+            self.allow: Callable[[PublicKey], bool] | None = None
+        elif callable(allow):
+            self.allow = _guardedPolicy(allow)
         else:
             allowed = frozenset(allow)
             self.allow = allowed.__contains__
@@ -927,7 +974,7 @@ class PeerFactory(Factory):
         self._handshaking: dict[BOTD2Protocol, str | None] = {}
         # Insertion-ordered: the first of each is its oldest handshake.
         self._handshakingByHost: dict[str | None, dict[BOTD2Protocol, None]] = {}
-        self._dialWaiters: dict[PublicKey, list[Deferred[PeerProtocol]]] = {}
+        self._dials: dict[PublicKey, _Dial] = {}
         # The next cipher sweep, pending while any connection exists (a
         # callLater, not a LoopingCall: a node dialling one peer at a time
         # starts and stops it with every connection).
@@ -1161,37 +1208,77 @@ class PeerFactory(Factory):
         existing = self.peers.get(node)
         if existing is not None and not existing.disconnecting:
             return defer.succeed(existing.app)
-        if node in self._dialWaiters:
+        dial = self._dials.get(node)
+        if dial is not None:
             # WIRE.md section 7: no second handshake to a peer while one is on.
-            waiter: Deferred[PeerProtocol] = Deferred()
-            self._dialWaiters[node].append(waiter)
-            return waiter
-        self._dialWaiters[node] = []
-        built: list[BOTD2Protocol] = []
-
-        def cancel(d: Deferred[PeerProtocol]) -> None:
-            if built:
-                built[0].abortConnection()
-            else:
-                connecting.cancel()
+            return dial.wait()
+        dial = self._dials[node] = _Dial(self._dials, node)
+        waiter = dial.wait()
 
         def authenticated(p: object) -> Deferred[BOTD2Protocol]:
             assert isinstance(p, BOTD2Protocol)
             return p.whenAuthenticated()
 
-        def done(outcome: BOTD2Protocol | Failure) -> PeerProtocol | Failure:
-            result = outcome if isinstance(outcome, Failure) else outcome.app
-            for waiter in self._dialWaiters.pop(node, []):
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-            return result
+        def done(outcome: BOTD2Protocol | Failure) -> None:
+            dial.forget()
+            if isinstance(outcome, BOTD2Protocol):
+                dial.fire(outcome.app)
+                return
+            # Both sides dialled at once and the peer's connection was kept
+            # (WIRE.md section 7), or one came in meanwhile: that one, then.
+            kept = self.peers.get(node)
+            if kept is not None and kept.authenticated and not kept.disconnecting:
+                dial.fire(kept.app)
+            else:
+                dial.fire(outcome)
 
-        result: Deferred[PeerProtocol] = Deferred(cancel)
-        connecting = endpoint.connect(_DialFactory(self, node, built.append))
-        connecting.addCallback(authenticated).addBoth(done).chainDeferred(result)
-        return result
+        dial.connecting = endpoint.connect(_DialFactory(self, node, dial))
+        dial.connecting.addCallback(authenticated).addBoth(done)
+        return waiter
+
+
+class _Dial:
+    """
+    One dial to a node in progress, and the L{PeerFactory.connect} callers
+    waiting for it; each may cancel its own wait, and the dial stops only
+    once no caller is left.
+    """
+
+    def __init__(self, table: dict[PublicKey, _Dial], node: PublicKey) -> None:
+        self.table = table
+        self.node = node
+        self.waiters: list[Deferred[PeerProtocol]] = []
+        self.built: BOTD2Protocol | None = None
+        self.connecting: Deferred[Any] | None = None
+
+    def forget(self) -> None:
+        """Off the node's table: a later connect dials anew."""
+        if self.table.get(self.node) is self:
+            del self.table[self.node]
+
+    def wait(self) -> Deferred[PeerProtocol]:
+        d: Deferred[PeerProtocol] = Deferred(self._cancelled)
+        self.waiters.append(d)
+        return d
+
+    def _cancelled(self, d: Deferred[PeerProtocol]) -> None:
+        # Deferred.cancel fails d with CancelledError once this returns.
+        self.waiters.remove(d)
+        if self.waiters:
+            return
+        self.forget()
+        if self.built is not None:
+            self.built.abortConnection()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+    def fire(self, result: PeerProtocol | Failure) -> None:
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
 
 class _DialFactory(ClientFactory):
@@ -1199,15 +1286,13 @@ class _DialFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(
-        self, node: PeerFactory, peer: PublicKey, built: Callable[[BOTD2Protocol], None]
-    ) -> None:
+    def __init__(self, node: PeerFactory, peer: PublicKey, dial: _Dial) -> None:
         self.node = node
         self.peer = peer
-        self.built = built
+        self.dial = dial
 
     def buildProtocol(self, addr: IAddress) -> BOTD2Protocol:  # type: ignore[override]
         proto = self.node.buildInitiator(self.peer)
-        self.built(proto)
+        self.dial.built = proto
         return proto
 

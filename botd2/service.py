@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -145,12 +145,20 @@ class NodeService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop the persistent peers, stop listening, and close every connection
+        (with an C{Error} saying why, once authenticated); fires once all are
+        gone: at most L{botd2.protocol.CLOSE_GRACE} seconds for a peer that
+        does not read.
+        """
         d: Deferred[None] = Deferred()
 
-        def stopped(_: object) -> Deferred[None] | None:
+        def stopped(_: object) -> Deferred[list[Any]]:
+            waits: list[Deferred[Any]] = [maybeDeferred(self.port.stopListening)]
             for proto in list(self.factory.connections):
+                waits.append(proto.whenLost())
                 proto.disconnect("the node is shutting down")
-            return self.port.stopListening()
+            return gatherResults(waits)
 
-        super().stopService().addBoth(stopped).chainDeferred(d)
+        super().stopService().addBoth(stopped).addCallback(lambda _: None).chainDeferred(d)
         return d
