@@ -81,7 +81,7 @@ from botd2.frames import MAX_MESSAGE
 from botd2.handshake import TransportKeys
 from botd2.keepalive import DEFAULT_INTERVAL, DEFAULT_PONG_TIMEOUT, KeepAlive
 from botd2.keys import PeerAddress, PrivateKey, PublicKey
-from botd2.messages import PayloadTypes
+from botd2.messages import PayloadTypes, printable_error_message
 
 __all__ = [
     "BOTD2Protocol",
@@ -212,7 +212,7 @@ class PeerProtocol(Protocol):
         """A payload of a type not in L{messageTypes}: ignored by default."""
         _log.debug(
             "ignored a payload of type {type_url} from {peer}",
-            type_url=payload.type_url,
+            type_url=printable_error_message(payload.type_url[:100]),
             peer=self.peer.nodeID,
         )
 
@@ -358,9 +358,9 @@ class BOTD2Protocol(Protocol):
                         try:
                             message = cls.FromString(event.value)  # type: ignore[arg-type]
                         except DecodeError:
+                            url = printable_error_message(event.type_url[:100])
                             self._protocolError(
-                                "bad_payload",
-                                f"payload of type {event.type_url[:100]} does not parse",
+                                "bad_payload", f"payload of type {url} does not parse"
                             )
                             break
                         try:
@@ -1120,7 +1120,8 @@ class PeerFactory(Factory):
         assert proto.peer is not None
         node = proto.peer.node
         old = self.peers.get(node)
-        if old is None or old is proto:
+        if old is None or old is proto or old.disconnecting:
+            # (one closing already is on its way out: it does not compete)
             self.peers[node] = proto
             return True, ""
         if old.initiator == proto.initiator:

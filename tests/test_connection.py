@@ -164,6 +164,36 @@ class HandshakeTests(SynchronousTestCase):
         assert isinstance(events[1], PayloadReceived)
         self.assertEqual(StringValue.FromString(events[1].payload.value).value, "early")
 
+    def test_responder_sends_no_error_before_complete(self) -> None:
+        """
+        WIRE.md section 4: until its handshake is complete (a frame from the
+        initiator decrypted) a node sends nothing on close, not even an
+        Error, though it may already send transport frames after its Ack.
+        """
+        i = Initiator(I_KEY, R_KEY.public_key)
+        i.initiate()
+        r = Responder(R_KEY)
+        r.receive_data(i.data_to_send())
+        r.data_to_send()  # the Ack
+        self.assertFalse(r.handshake_complete)
+        r.send_error("going away")
+        self.assertEqual(r.data_to_send(), b"")
+
+    def test_error_read_with_the_ack(self) -> None:
+        """
+        An Error in the same read as the Ack: the initiator closes sending
+        nothing further (WIRE.md section 5), not even its key confirmation.
+        """
+        i = Initiator(I_KEY, R_KEY.public_key)
+        i.initiate()
+        r = Responder(R_KEY)
+        r.receive_data(i.data_to_send())
+        r.send_envelope(Envelope(error=Error(id="e", message="no")))
+        events = i.receive_data(r.data_to_send())
+        self.assertEqual([type(e) for e in events], [HandshakeComplete, ErrorReceived])
+        self.assertTrue(i.closed)
+        self.assertEqual(i.data_to_send(), b"")
+
     def test_handshake_frame_length_limits(self) -> None:
         for length in (0, 1025, 2**32 - 1):
             r = Responder(R_KEY)
@@ -225,6 +255,18 @@ class TransportTests(SynchronousTestCase):
             self.assertEqual(event.code, "bad_id")
             (error,) = decrypt_all(reader, r.data_to_send())
             self.assertEqual(error.WhichOneof("body"), "error")
+
+    def test_pong_ping_id_not_checked(self) -> None:
+        """
+        Pong.ping_id only refers to a Ping (WIRE.md section 3): any value,
+        empty or longer than an id may be, is delivered, not an error.
+        """
+        for ping_id in ("", "x" * 65, "\u00e9" * 40):
+            i, r = handshake()
+            i.send_envelope(Envelope(pong=Pong(id="p", ping_id=ping_id)))
+            (event,) = r.receive_data(i.data_to_send())
+            self.assertEqual(event, PongReceived("p", ping_id))
+            self.assertFalse(r.closed)
 
     def test_error_id_not_checked(self) -> None:
         """A receiver checks nothing in an Error but logs it and closes."""

@@ -331,6 +331,27 @@ class HandshakeTimeoutTests(SynchronousTestCase):
             self.assertTrue(st.disconnected)
             self.assertEqual(st.value(), b"")
 
+    def test_trickle_does_not_extend_the_timeout(self) -> None:
+        """
+        The timeout counts from the TCP connection, not from the last read:
+        an Init sent a byte every 4 s is closed at 10 s, sending nothing.
+        """
+        clock = Clock()
+        b = node(B_SEED, clock)
+        server = b.buildProtocol(address())
+        assert server is not None
+        st = StringTransport()
+        server.makeConnection(st)
+        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
+        initiator.initiate()
+        init = initiator.data_to_send()
+        for t in range(3):
+            server.dataReceived(init[t : t + 1])
+            self.assertFalse(st.disconnecting, f"closed at {4 * t} s")
+            clock.advance(4 if t < 2 else 2)
+        self.assertTrue(st.disconnected)
+        self.assertEqual(st.value(), b"")
+
     def test_initiator_times_out(self) -> None:
         clock = Clock()
         a = node(A_SEED, clock, handshakeTimeout=3)
@@ -435,6 +456,32 @@ class OneConnectionPerPeerTests(SynchronousTestCase):
                 (kept,) = f.peers.values()
                 # the kept connection is the one the lower node dialled
                 self.assertEqual(kept.initiator, f is lower)
+
+    def test_redial_while_the_old_one_closes(self) -> None:
+        """
+        A connection that is closing does not compete: the higher node closes
+        an inbound connection and dials at once (its TCP close still pending,
+        the peer not reading yet); both nodes keep the new one.
+        """
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        low, high = sorted((a, b), key=lambda f: bytes(f.identity.public_key))
+        old = dial(low, high)  # dialled by the lower node, kept on both
+        old.server.disconnect("the application closes it")
+        old.pump.pump()  # the Error reaches the lower node, which closes
+        self.assertTrue(old.client.disconnecting)
+        self.assertTrue(old.server.disconnecting)  # the higher one has not seen the end yet
+        self.assertFalse(old.server._lostCalled)
+        self.assertIs(high.peers[low.identity.public_key], old.server)
+        new = dial(high, low)
+        self.assertAlive(new.client)
+        self.assertIs(high.peers[low.identity.public_key], new.client)
+        old.flush()  # the Error arrives; the old connection goes on both sides
+        new.flush()
+        self.assertAlive(new.client)
+        self.assertAlive(new.server)
+        self.assertEqual(high.peers, {low.identity.public_key: new.client})
+        self.assertEqual(low.peers, {high.identity.public_key: new.server})
 
     def test_replaced_gets_error(self) -> None:
         """The closed connection gets an Error saying why, under its own keys."""
@@ -670,6 +717,24 @@ class ApplicationTests(SynchronousTestCase):
         (payload,) = app(link.server).unhandled
         self.assertEqual(payload.type_url, "type.googleapis.com/google.protobuf.Int64Value")
         self.assertEqual(textsOf(link.server), ["after"])
+
+    def test_unhandled_type_url_logged_escaped(self) -> None:
+        """
+        The default unhandledPayload logs the peer's type URL at debug: cut
+        to 100 characters, control characters escaped (no forged log lines).
+        """
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        b = node(B_SEED, self.clock, protocol=PeerProtocol)
+        link = dial(self.a, b)
+        url = "evil/x\n2026-01-01 [botd2#info] forged\x1b[2J" + "y" * 200
+        link.client.connection.send_payload(any_pb2.Any(type_url=url, value=b""))
+        link.client._scheduleFlush()
+        link.flush()
+        (event,) = [e for e in logged if e.get("log_format", "").startswith("ignored a payload")]
+        escaped = "evil/x\\n2026-01-01 [botd2#info] forged\\x1b[2J" + "y" * 59
+        self.assertEqual(event["type_url"], escaped)
+        self.assertTrue(event["type_url"].isprintable())
+        self.assertTrue(link.server.authenticated and not link.server.disconnecting)
 
     def test_payload_that_does_not_parse(self) -> None:
         link = dial(self.a, self.b)
