@@ -22,8 +22,13 @@ from botd2.keyfile import KeyFileError, create_key_file, load_key_file
 DEFAULT_KEY_PATH = os.path.join("~", ".botd2", "node.key")
 
 EXIT_OK = 0
+#: Any failure, a command-line syntax error included.
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
+
+#: The longest C{ping --timeout}, in seconds: one day.
+MAX_TIMEOUT = 86400.0
+
+_EMPTY_KEY = "--key needs the path of a key file, not an empty string"
 
 
 def default_key_path() -> str:
@@ -32,13 +37,26 @@ def default_key_path() -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        # Status 1, as for any other failure (argparse's own is 2).
+        self.exit(EXIT_FAILURE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    path = args.path or default_key_path()
+    if args.path == "":
+        return _fail(f"the key file path is empty (leave PATH out for {DEFAULT_KEY_PATH})")
+    path = default_key_path() if args.path is None else args.path
     if args.path is None:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if isinstance(e, FileExistsError):
+                reason = "it exists and is not a directory"
+            return _fail(
+                f"cannot create {directory} for the default key file: {reason} "
+                f"(name another file: botd2 keygen PATH)"
+            )
     if os.path.lexists(path):
         return _fail(f"key file {path} exists already; botd2 never overwrites a key file")
     try:
@@ -53,8 +71,10 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _id(args: argparse.Namespace) -> int:
+    if args.key == "":
+        return _fail(_EMPTY_KEY)
     try:
-        key = load_key_file(args.key or default_key_path())
+        key = load_key_file(default_key_path() if args.key is None else args.key)
     except KeyFileError as e:
         return _fail(str(e))
     print(key.public_key.node_id)
@@ -72,10 +92,14 @@ def _ping(args: argparse.Namespace) -> int:
         return _fail(str(e))
     if args.count < 1:
         return _fail("--count must be at least 1")
-    if not args.timeout > 0:
-        return _fail("--timeout must be a positive number of seconds")
+    if not 0 < args.timeout <= MAX_TIMEOUT:
+        return _fail(
+            f"--timeout must be a positive number of seconds, at most {MAX_TIMEOUT:g} (one day)"
+        )
+    if args.key == "":
+        return _fail(_EMPTY_KEY)
     try:
-        identity = load_key_file(args.key) if args.key else PrivateKey.generate()
+        identity = PrivateKey.generate() if args.key is None else load_key_file(args.key)
     except KeyFileError as e:
         return _fail(str(e))
     if identity.public_key == address.node:
@@ -83,13 +107,36 @@ def _ping(args: argparse.Namespace) -> int:
             f"{args.key} is the key of {address.node.node_id}: a node does not ping itself"
         )
     status: list[int] = []
-    task.react(_pingMain, (address, identity, args.count, args.timeout, status))
+    interrupted: list[int] = []
+    try:
+        task.react(
+            _pingMain, (address, identity, args.count, args.timeout, status, interrupted)
+        )
+    except SystemExit:
+        # react's status is 0 when the reactor stopped with the run unfinished.
+        if interrupted:
+            return interrupted[0]
+        raise
     return status[0] if status else EXIT_FAILURE  # pragma: no cover - react exits
 
 
 def _pingMain(
-    reactor: Any, address: Any, identity: Any, count: int, timeout: float, status: list[int]
+    reactor: Any,
+    address: Any,
+    identity: Any,
+    count: int,
+    timeout: float,
+    status: list[int],
+    interrupted: list[int],
 ) -> Any:
+    """
+    Ping C{address} C{count} times, the reactor running; the C{task.react} main.
+
+    A reactor shutdown before the run ends (Ctrl-C, SIGTERM) prints
+    C{botd2: interrupted} and appends to C{interrupted} the exit status, 128
+    plus the signal's number; whatever the shutdown then does to the
+    connection is not reported as the peer's fault.
+    """
     from twisted.internet import defer, task
     from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 
@@ -98,13 +145,31 @@ def _pingMain(
     from botd2.protocol import PeerFactory
 
     factory = PeerFactory(identity, reactor=reactor, handshakeTimeout=timeout)
+    finished: list[bool] = []
+
+    def onShutdown() -> None:
+        if not finished:
+            number = getattr(reactor, "_exitSignal", None)  # set by Twisted's handlers
+            interrupted.append(128 + number if number else EXIT_FAILURE)
+            _fail("interrupted")
+
+    reactor.addSystemEventTrigger("before", "shutdown", onShutdown)
+
+    def fail(message: str) -> SystemExit:
+        return SystemExit(EXIT_FAILURE if interrupted else _fail(message))
+
+    def finish(result: object) -> object:
+        if interrupted:
+            return None  # the shutdown's doing, said already
+        finished.append(True)
+        return result
 
     @defer.inlineCallbacks
     def run() -> Any:
         try:
             proto = yield factory.connect(address)
         except (errors.ConnectFailed, ConnectError, DNSLookupError, TimeoutError) as e:
-            raise SystemExit(_fail(f"cannot reach {address}: {_reason(e)}")) from None
+            raise fail(f"cannot reach {address}: {_reason(e)}") from None
         for n in range(1, count + 1):
             if n > 1:
                 # WIRE.md section 6: the next Ping waits 30 s after the last Pong.
@@ -112,9 +177,9 @@ def _pingMain(
             try:
                 rtt = yield proto.ping().addTimeout(timeout, reactor)
             except defer.TimeoutError:
-                raise SystemExit(_fail(f"no Pong from {address} within {timeout:g} s")) from None
+                raise fail(f"no Pong from {address} within {timeout:g} s") from None
             except errors.Disconnected as e:
-                raise SystemExit(_fail(f"{address} closed the connection: {e}")) from None
+                raise fail(f"{address} closed the connection: {e}") from None
             print(f"pong from {address}: seq={n} rtt {rtt * 1000:.1f} ms", flush=True)
         # Say goodbye, and let the Error reach the node before the reactor stops.
         lost = proto.transport.whenLost()
@@ -122,7 +187,7 @@ def _pingMain(
         yield lost.addTimeout(timeout, reactor).addErrback(lambda _: None)
         status.append(EXIT_OK)
 
-    return run()
+    return run().addBoth(finish)
 
 
 def _reason(error: BaseException) -> str:
@@ -165,7 +230,9 @@ def make_parser() -> argparse.ArgumentParser:
         "send a Ping and print the round-trip time of its Pong. With --count N, "
         "pings go 30 s apart: WIRE.md section 6 forbids a Ping within 30 s of the "
         "Pong to the previous one. Exits 0 on success; on any failure prints one "
-        "line on stderr and exits 1.",
+        "line on stderr and exits 1. Interrupted (Ctrl-C, SIGTERM), it prints "
+        "'botd2: interrupted' and exits 128 plus the signal's number (130 for "
+        "Ctrl-C, 143 for SIGTERM).",
     )
     ping.add_argument("address", help="the node: NODEID@HOST[:PORT] (port 9945 by default)")
     ping.add_argument(
@@ -174,7 +241,8 @@ def make_parser() -> argparse.ArgumentParser:
     ping.add_argument("--count", type=int, default=1, metavar="N",
                       help="pings to send, 30 s apart (default 1)")
     ping.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                      help="for the handshake and for each Pong (default 10)")
+                      help="for the handshake and for each Pong (default 10, at most "
+                      f"{MAX_TIMEOUT:g}: one day)")
     ping.set_defaults(run=_ping)
 
     return parser

@@ -7,14 +7,18 @@ secp256k1 key.  A missing one is created atomically: written and synced to a
 temporary file in the same directory, created exclusively with mode 0600, then
 hard-linked into place, so the name either does not exist or names a complete
 key; if the name appeared meanwhile, that file wins and nothing is overwritten.
-A file that group or others may access is refused, as ssh refuses one.
+A file that group or others may access is refused, as ssh refuses one.  A
+process that uses a key file holds a lock on it (L{lock_key_file}), so that no
+two nodes run with one identity.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+from typing import BinaryIO
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from botd2.keys import PrivateKey
 
 _PEM_LABEL = b"-----BEGIN PRIVATE KEY-----"
+#: PKCS#8 too, but encrypted; and SEC1, what C{openssl ecparam -genkey} writes.
+_ENCRYPTED_PEM_LABEL = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+_SEC1_PEM_LABEL = b"-----BEGIN EC PRIVATE KEY-----"
 #: Anything larger is not a key file; refuse before reading it all.
 _MAX_SIZE = 64 * 1024
 
@@ -62,16 +69,23 @@ def load_key_file(path: str) -> PrivateKey:
 
 
 def _parse(path: str, data: bytes) -> PrivateKey:
-    if len(data) > _MAX_SIZE or _PEM_LABEL not in data:
-        raise KeyFileError(
-            f"key file {path} is not a PEM 'PRIVATE KEY' (PKCS#8) file"
-        )
+    not_pkcs8 = f"key file {path} is not a PEM 'PRIVATE KEY' (PKCS#8) file"
+    encrypted = f"key file {path} is encrypted; botd2 needs an unencrypted key"
+    if len(data) > _MAX_SIZE:
+        raise KeyFileError(not_pkcs8)
+    if _ENCRYPTED_PEM_LABEL in data:
+        raise KeyFileError(encrypted)
+    if _PEM_LABEL not in data:
+        if _SEC1_PEM_LABEL in data:
+            raise KeyFileError(
+                f"key file {path} is a SEC1 'EC PRIVATE KEY' file, not PKCS#8 (convert "
+                f"it with: openssl pkcs8 -topk8 -nocrypt -in {path} -out new.key)"
+            )
+        raise KeyFileError(not_pkcs8)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise KeyFileError(
-            f"key file {path} is encrypted; botd2 needs an unencrypted key"
-        ) from None
+        raise KeyFileError(encrypted) from None
     except (ValueError, UnsupportedAlgorithm):
         raise KeyFileError(
             f"key file {path} is corrupt or not a supported private key"
@@ -109,6 +123,36 @@ def create_key_file(path: str) -> PrivateKey:
     if not _write_new(path, key_to_pem(key)):
         raise FileExistsError(errno.EEXIST, "key file exists already", path)
     return key
+
+
+def lock_key_file(path: str) -> BinaryIO:
+    """
+    Lock key file C{path} for this process: an exclusive C{flock} on the file,
+    opened read-only, taken without waiting.
+
+    The lock lasts as long as the returned file stays open (in this process or
+    in a child forked from it, such as a daemon): keep it for the life of the
+    process.  It belongs to that open file, so a second call, even in the same
+    process, fails while the first file is open.
+
+    @return: the open file that holds the lock.
+    @raise KeyFileError: when another process holds the lock (C{key file
+        PATH is in use by another botd2 process}), or the file cannot be
+        opened or locked.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - the caller keeps it open
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise KeyFileError(f"key file {path} is in use by another botd2 process") from None
+    except OSError as e:
+        f.close()
+        raise KeyFileError(f"cannot lock key file {path}: {e.strerror}") from None
+    return f
 
 
 def load_or_create_key_file(path: str) -> tuple[PrivateKey, bool]:

@@ -205,6 +205,18 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _shorten_address(text: str) -> str:
+    """
+    C{text}, a peer address, as an error message shows it: the node ID part
+    cut to its first 8 characters and the host and port kept whole, so the
+    part at fault shows (up to 270 characters: a valid HOST:PORT is shorter).
+    """
+    node, at, hostport = text.partition("@")
+    if not at:
+        return _shorten(text)
+    return f"{_shorten(node, 8)}@{_shorten(hostport, 270)}"
+
+
 @dataclass(frozen=True)
 class PeerAddress:
     """
@@ -238,7 +250,7 @@ class PeerAddress:
 
     @classmethod
     def _parse(cls, text: str, default_port: int) -> PeerAddress:
-        shown = _shorten(text)
+        shown = _shorten_address(text)
         node_text, at, hostport = text.strip().partition("@")
         if not at:
             raise InvalidAddress(f"peer address {shown!r} is not NODEID@HOST[:PORT]")
@@ -269,7 +281,7 @@ def _split_host_port(hostport: str, shown: str, default_port: int) -> tuple[str,
             ipaddress.IPv6Address(host)
         except ValueError:
             raise InvalidAddress(
-                f"peer address {shown!r}: {host!r} is not an IPv6 address"
+                f"peer address {shown!r}: {_shorten(host, 260)!r} is not an IPv6 address"
             ) from None
     else:
         if hostport.count(":") > 1:
@@ -286,14 +298,16 @@ def _split_host_port(hostport: str, shown: str, default_port: int) -> tuple[str,
                 ipaddress.IPv4Address(host)
             except ValueError:
                 raise InvalidAddress(
-                    f"peer address {shown!r}: {host!r} is not a dotted IPv4 address"
+                    f"peer address {shown!r}: {_shorten(host, 260)!r} is not a dotted IPv4 address"
                 ) from None
         else:
             name = host[:-1] if host.endswith(".") else host
             if len(name) > 253 or not all(
                 _DNS_LABEL.fullmatch(label) for label in name.split(".")
             ):
-                raise InvalidAddress(f"peer address {shown!r}: {host!r} is not a host name")
+                raise InvalidAddress(
+                    f"peer address {shown!r}: {_shorten(host, 260)!r} is not a host name"
+                )
     if port_text is None:
         return host, default_port
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:

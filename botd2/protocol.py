@@ -121,6 +121,10 @@ CLOSE_GRACE: Final = 10.0
 _log = Logger(namespace="botd2")
 
 
+def _silent(*args: object, **kwargs: object) -> None:
+    """A log call that writes nothing."""
+
+
 class _LogBudget:
     """
     A token bucket for the log events about strangers: C{rate} a second on
@@ -303,6 +307,8 @@ class BOTD2Protocol(Protocol):
     _flushCall: IDelayedCall | None = None
     _inReceive = False
     _lostCalled = False
+    #: A line about this connection, not yet authenticated, said why it closes.
+    _strangerExplained = False
     #: The application's producer, registered on the TCP transport through us.
     _producer: IProducer | None = None
     # Made on first use: most connections never need them, and an idle
@@ -397,7 +403,13 @@ class BOTD2Protocol(Protocol):
                 else f"the connection was lost: {reason.getErrorMessage()}"
             )
             self._reason = why
-        emit = _log.emit if self.authenticated or self.initiator else self.factory._logStranger
+        emit: Callable[..., None]
+        if self.authenticated or self.initiator:
+            emit = _log.emit
+        elif self._strangerExplained:
+            emit = _silent  # one line per stranger: the one that said why
+        else:
+            emit = self.factory._logStranger
         emit(
             self.factory.logLevel(self.authenticated),
             "botd2 connection {direction} {peer} at {address} closed: {reason}",
@@ -500,6 +512,7 @@ class BOTD2Protocol(Protocol):
         self._closeWithError(errors.ProtocolViolation(code, reason), reason)
 
     def _logProtocolError(self, code: str, reason: str) -> None:
+        self._strangerExplained = not self.authenticated
         emit = _log.emit if self.authenticated or self.initiator else self.factory._logStranger
         emit(
             LogLevel.warn,
@@ -549,6 +562,7 @@ class BOTD2Protocol(Protocol):
         self._timer = None
         if self.connection.handshake_complete or self.disconnecting:
             return
+        self._strangerExplained = True
         emit = _log.emit if self.initiator else self.factory._logStranger
         emit(
             LogLevel.info,
@@ -1007,6 +1021,25 @@ class PeerFactory(Factory):
             self._logSuppressed()
             _log.emit(level, format, **kwargs)
 
+    def stopFactory(self) -> None:
+        """The node stops listening: the count of left-out events is not lost."""
+        self._logSuppressed()
+        self._stopSweepIfIdle()
+
+    def _stopSweepIfIdle(self) -> None:
+        """
+        No connection left: the sweep stops, unless the node listens and a
+        count of left-out log events waits for it (the end of a flood).
+        """
+        if self.connections or self._sweep is None:
+            return
+        if self._strangerLog.suppressed and self.numPorts:
+            return
+        self._logSuppressed()
+        if self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+
     def _logSuppressed(self) -> None:
         budget = self._strangerLog
         if budget.suppressed:
@@ -1090,11 +1123,16 @@ class PeerFactory(Factory):
         return proto
 
     def _sweepCiphers(self) -> None:
-        self._sweep = self.clock.callLater(CIPHER_SWEEP_INTERVAL, self._sweepCiphers)
         for proto in self.connections:
             proto.connection.release_idle_ciphers()
         if self._strangerLog.suppressed and self._strangerLog.take(self._now()):
             self._logSuppressed()
+        # Pending while connections exist, or a count of left-out log events
+        # waits to be written (after a flood that ended, say).
+        if self.connections or (self._strangerLog.suppressed and self.numPorts):
+            self._sweep = self.clock.callLater(CIPHER_SWEEP_INTERVAL, self._sweepCiphers)
+        else:
+            self._sweep = None
 
     def buildInitiator(self, node: PublicKey) -> BOTD2Protocol:
         """An outbound connection to C{node}."""
@@ -1161,10 +1199,7 @@ class PeerFactory(Factory):
         self._partialBytes -= self._partial.pop(proto, 0)
         self._doneHandshaking(proto)
         self.connections.discard(proto)
-        if not self.connections and self._sweep is not None:
-            if self._sweep.active():
-                self._sweep.cancel()
-            self._sweep = None
+        self._stopSweepIfIdle()
         if proto.peer is not None and self.peers.get(proto.peer.node) is proto:
             del self.peers[proto.peer.node]
             for d in self._peerGoneWaiters.pop(proto.peer.node, []):

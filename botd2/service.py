@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -67,10 +67,21 @@ class _AuthenticatedEndpoint:
     handshake ends, meets no transition in C{ClientService}'s state machine.)
     """
 
-    def __init__(self, node: PeerFactory, peer: PublicKey, endpoint: IStreamClientEndpoint):
+    def __init__(
+        self,
+        node: PeerFactory,
+        peer: PublicKey,
+        endpoint: IStreamClientEndpoint,
+        label: str | None = None,
+    ) -> None:
         self.node = node
         self.peer = peer
         self.endpoint = endpoint
+        #: How the logs name this peer (C{ClientService} logs this object).
+        self.label = label or peer.node_id
+
+    def __repr__(self) -> str:
+        return f"<botd2 peer {self.label}>"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         def dial(_: object) -> Deferred[Any]:
@@ -86,9 +97,19 @@ class _AuthenticatedEndpoint:
             proto.whenLost().addCallback(lambda why: session.connectionLost(Failure(why)))
             return session
 
+        def failed(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
+                return failure  # the service is stopping: nothing to report
+            _log.info(
+                "botd2 cannot connect to {peer}: {reason}",
+                peer=self.label,
+                reason=failure.getErrorMessage(),
+            )
+            return failure
+
         d: Deferred[Any] = self.node.whenPeerGone(self.peer)
         d.addCallback(dial)
-        d.addCallback(authenticated)
+        d.addCallbacks(authenticated, failed)
         return d
 
 
@@ -108,7 +129,7 @@ def persistentPeer(
     if endpoint is None:
         endpoint = clientEndpoint(node.reactor, address, timeout=node.handshakeTimeout)
     service = ClientService(
-        _AuthenticatedEndpoint(node, address.node, endpoint),
+        _AuthenticatedEndpoint(node, address.node, endpoint, str(address)),
         Factory.forProtocol(_PeerSession),
         retryPolicy=backoffPolicy(
             initialDelay=1.0, maxDelay=maxDelay, factor=1.5, jitter=random.random
@@ -128,6 +149,11 @@ class NodeService(MultiService):
     @ivar port: the listening port.
     """
 
+    #: Where the key file was created at this start, to say so once.
+    keyCreated: str | None = None
+    #: How many node IDs may connect, when the node restricts it.
+    allowed: int | None = None
+
     def __init__(self, factory: PeerFactory, port: IListeningPort) -> None:
         super().__init__()
         self.factory = factory
@@ -142,23 +168,32 @@ class NodeService(MultiService):
             host=getattr(host, "host", None),
             port=getattr(host, "port", None),
         )
+        if self.keyCreated is not None:
+            _log.warn(
+                "botd2 created a new identity key file {path}: this node's ID is new; "
+                "keep the file (and a backup) to keep the ID",
+                path=self.keyCreated,
+            )
+        if self.allowed:
+            _log.info(
+                "botd2 node accepts connections only from the {allowed} node IDs allowed",
+                allowed=self.allowed,
+            )
+        elif self.allowed == 0:
+            _log.warn("botd2 node accepts no connection: its allow list is empty")
         super().startService()
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the persistent peers, stop listening, and close every connection
-        (with an C{Error} saying why, once authenticated); fires once all are
-        gone: at most L{botd2.protocol.CLOSE_GRACE} seconds for a peer that
-        does not read.
+        Stop listening, close every connection (with an C{Error} saying the
+        node is shutting down, once authenticated), and stop the persistent
+        peers; fires once all connections are gone: at most
+        L{botd2.protocol.CLOSE_GRACE} seconds for a peer that does not read.
         """
-        d: Deferred[None] = Deferred()
-
-        def stopped(_: object) -> Deferred[list[Any]]:
-            waits: list[Deferred[Any]] = [maybeDeferred(self.port.stopListening)]
-            for proto in list(self.factory.connections):
-                waits.append(proto.whenLost())
-                proto.disconnect("the node is shutting down")
-            return gatherResults(waits)
-
-        super().stopService().addBoth(stopped).addCallback(lambda _: None).chainDeferred(d)
-        return d
+        waits: list[Deferred[Any]] = [maybeDeferred(self.port.stopListening)]
+        # Before the persistent peers stop, so that theirs hear why as well.
+        for proto in list(self.factory.connections):
+            waits.append(proto.whenLost())
+            proto.disconnect("the node is shutting down")
+        waits.append(maybeDeferred(super().stopService))
+        return gatherResults(waits).addCallback(lambda _: None)

@@ -10,9 +10,10 @@ non-zero exit status, not a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -21,7 +22,7 @@ from twisted.python import reflect, usage
 from twisted.python.failure import Failure
 
 from botd2.cli import DEFAULT_KEY_PATH, default_key_path
-from botd2.keyfile import KeyFileError, load_or_create_key_file
+from botd2.keyfile import KeyFileError, load_or_create_key_file, lock_key_file
 from botd2.keys import DEFAULT_PORT, InvalidAddress, InvalidKey, PeerAddress, PublicKey
 from botd2.protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -32,6 +33,10 @@ from botd2.protocol import (
 from botd2.service import NodeService, persistentPeer
 
 _COMMAND = "twistd botd2"
+#: The bounds of every timing option, in seconds: a handshake timeout below a
+#: second fails honest peers, and an infinite one keeps stalled strangers.
+MIN_TIMEOUT: Final = 1.0
+MAX_TIMEOUT: Final = 86400.0
 
 
 class Options(usage.Options):
@@ -73,9 +78,13 @@ class Options(usage.Options):
         (repeatable).
         """
         try:
-            self["connect"].append(PeerAddress.parse(address))
+            parsed = PeerAddress.parse(address)
         except InvalidAddress as e:
             raise usage.UsageError(str(e)) from None
+        if any(other.node == parsed.node for other in self["connect"]):
+            # One connection per peer (WIRE.md section 7): one --connect each.
+            raise usage.UsageError(f"--connect: node {parsed.node.node_id} is given twice")
+        self["connect"].append(parsed)
 
     def opt_allow(self, nodeID: str) -> None:
         """Allow this node ID to connect (repeatable; any --allow restricts)."""
@@ -101,8 +110,10 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--{name} {self[name]!r}: not a number of seconds"
                 ) from None
-            if not self[name] > 0:
-                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+            if not MIN_TIMEOUT <= self[name] <= MAX_TIMEOUT:
+                raise usage.UsageError(
+                    f"--{name} must be from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds (a day)"
+                )
         try:
             self["max-connections"] = int(self["max-connections"])
         except ValueError:
@@ -115,13 +126,28 @@ class Options(usage.Options):
             raise usage.UsageError("--max-connections must be at least 1")
         self["endpoint"] = _endpointDescription(self["port"])
         self["protocolClass"] = _loadProtocol(self["protocol"])
+        # Any --allow or --allow-file restricts, an empty file to nobody: an
+        # operator who empties the list wants a closed node, not an open one.
+        self["restricted"] = bool(self["allow"]) or self["allow-file"] is not None
         if self["allow-file"] is not None:
             self["allow"].extend(_readAllowFile(self["allow-file"]))
+        if self["key"] == "":
+            raise usage.UsageError("--key: give a file name")
         path = self["key"] or default_key_path()
         if self["key"] is None:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            directory = os.path.dirname(path)
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise SystemExit(
+                    f"{_COMMAND}: cannot make {directory} for the default key file: "
+                    f"{e.strerror or e} (give one with --key PATH)"
+                ) from None
         try:
             self["identity"], created = load_or_create_key_file(path)
+            # Held for the life of the process (and across twistd's fork):
+            # two nodes of one identity would replace each other's connections.
+            self["keyLock"] = lock_key_file(path)
         except KeyFileError as e:
             raise SystemExit(f"{_COMMAND}: {e}") from None
         self["keyCreated"] = created
@@ -150,7 +176,16 @@ def _endpointDescription(port: str) -> str:
 def _loadProtocol(name: str) -> type[PeerProtocol]:
     try:
         obj = reflect.namedAny(name)
-    except (reflect.ModuleNotFound, reflect.ObjectNotFound, reflect.InvalidName, ValueError):
+    except (
+        reflect.ModuleNotFound, reflect.ObjectNotFound, reflect.InvalidName, ValueError,
+        AttributeError,
+    ):
+        top = name.split(".", 1)[0]
+        if top and importlib.util.find_spec(top) is None:
+            raise usage.UsageError(
+                f"--protocol {name}: there is no module {top!r} to import "
+                "(is its directory on PYTHONPATH?)"
+            ) from None
         raise usage.UsageError(f"--protocol {name}: no such class") from None
     except Exception as e:
         raise usage.UsageError(f"--protocol {name}: importing it failed: {e}") from None
@@ -185,14 +220,24 @@ def makeService(options: Options) -> NodeService:
         options["identity"],
         protocol=options["protocolClass"],
         reactor=reactor,
-        allow=options["allow"] or None,
+        allow=options["allow"] if options["restricted"] else None,
         handshakeTimeout=options["handshake-timeout"],
         pingInterval=options["ping-interval"],
         pongTimeout=options["pong-timeout"],
         maxConnections=options["max-connections"],
     )
-    port = listenNow(reactor, options["endpoint"], factory)
+    try:
+        port = listenNow(reactor, options["endpoint"], factory)
+    except SystemExit:
+        if options["keyCreated"]:
+            # The node never ran: no identity was handed out under that key.
+            os.unlink(options["keyPath"])
+        raise
     service = NodeService(factory, port)
+    if options["keyCreated"]:
+        service.keyCreated = options["keyPath"]
+    if options["restricted"]:
+        service.allowed = len(set(options["allow"]))
     for address in options["connect"]:
         persistentPeer(factory, address).setServiceParent(service)
     return service
@@ -208,10 +253,15 @@ def listenNow(reactor: Any, description: str, factory: PeerFactory) -> IListenin
     """
     try:
         endpoint = endpoints.serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"{_COMMAND}: --port {description}: {e or 'bad endpoint'}") from None
-    outcome: list[Any] = []
-    d: Deferred[Any] = endpoint.listen(factory)
+        outcome: list[Any] = []
+        d: Deferred[Any] = endpoint.listen(factory)
+    except Exception as e:
+        # TLS files that are missing or not keys, bad arguments, systemd
+        # sockets that are not there: whatever the endpoint parser raises.
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise SystemExit(
+            f"{_COMMAND}: --port {description}: not a usable endpoint ({why})"
+        ) from None
     d.addBoth(outcome.append)
     if not outcome:
         raise SystemExit(f"{_COMMAND}: --port {description}: the endpoint does not bind at once")

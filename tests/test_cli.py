@@ -5,28 +5,39 @@ Most of it runs in this process through L{botd2.cli.main}, with stdout and
 stderr captured.  Whatever reaches C{ping}'s C{task.react} (which runs the
 reactor and calls C{sys.exit}) runs as C{python -m botd2} in a subprocess on
 this checkout's code.  A successful ping against a real node is in
-L{tests.test_node}.  Every failure must be one line on stderr, status 1 (2 for
-a command-line syntax error, from argparse), never a traceback.
+L{tests.test_node}.  Every failure must be one line on stderr, status 1 (a
+command-line syntax error too), never a traceback; an interrupted C{ping},
+status 128 plus the signal's number.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import defer, protocol, task
+from twisted.internet import reactor as _reactor
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from botd2 import cli
 from botd2.cli import main
 from botd2.keys import PrivateKey
+from botd2.protocol import PeerFactory
+
+reactor: Any = _reactor
 
 #: The checkout under test: subprocesses import botd2 from here.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +59,27 @@ def botd2(*argv: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
-def botd2Process(*argv: str, cwd: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run C{python -m botd2 ARGV} on this checkout: the result and how long it took."""
+def checkoutEnv() -> dict[str, str]:
+    """The environment for a subprocess that must run this checkout's code."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+#: C{botd2} with Python's own SIGINT handling, as under an interactive shell,
+#: even if this test runs with SIGINT ignored (a background job): Twisted then
+#: turns SIGINT, like SIGTERM, into a reactor shutdown.
+INTERRUPTIBLE = [
+    sys.executable,
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from botd2.cli import run; run()",
+]
+
+
+def botd2Process(*argv: str, cwd: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run C{python -m botd2 ARGV} on this checkout: the result and how long it took."""
+    env = checkoutEnv()
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "botd2", *argv],
@@ -90,6 +118,12 @@ class CLITestCase(TestCase):
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
+
+    def setHome(self, home: str) -> None:
+        """Set C{$HOME} to C{home} for this test."""
+        oldHome = os.environ.get("HOME")
+        os.environ["HOME"] = home
+        self.addCleanup(_restoreEnviron, "HOME", oldHome)
 
     def assertOneLine(self, stderr: str, *words: str) -> str:
         """C{stderr} is one line, from botd2, with each of C{words}, no traceback."""
@@ -191,6 +225,62 @@ class KeygenTests(CLITestCase):
             self.assertEqual(nodeIDOfPEM(f.read()), out.strip())
         self.assertEqual(botd2("id"), (0, out, ""))
 
+    def test_defaultDirectoryIsAFile(self) -> None:
+        """
+        C{~/.botd2} is a regular file: one sentence naming it and saying how
+        to name another key file, status 1, the file untouched.
+        """
+        home = self.path("home")
+        os.mkdir(home)
+        with open(os.path.join(home, ".botd2"), "w") as f:
+            f.write("not a directory\n")
+        self.setHome(home)
+        status, out, err = botd2("keygen")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(
+            err, f"cannot create {home}/.botd2 for the default key file",
+            "not a directory", "botd2 keygen PATH",
+        )
+        with open(os.path.join(home, ".botd2")) as f:
+            self.assertEqual(f.read(), "not a directory\n")
+
+    def test_defaultDirectoryNotAllowed(self) -> None:
+        """
+        C{~/.botd2} cannot be made (C{HOME=/nonexistent}, as for a system
+        user): one sentence with the reason, status 1.
+        """
+        self.setHome("/nonexistent")
+
+        def makedirs(name: str, mode: int = 0o777, exist_ok: bool = False) -> None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/nonexistent")
+
+        self.patch(cli.os, "makedirs", makedirs)
+        status, out, err = botd2("keygen")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(
+            err, "cannot create /nonexistent/.botd2 for the default key file: "
+            "Permission denied", "botd2 keygen PATH",
+        )
+
+    def test_homeUnderAFile(self) -> None:
+        """C{$HOME} below a regular file: the system's reason, in one sentence."""
+        with open(self.path("file"), "w"):
+            pass
+        self.setHome(self.path("file/home"))
+        status, _, err = botd2("keygen")
+        self.assertEqual(status, 1)
+        self.assertOneLine(err, "for the default key file", "Not a directory")
+
+    def test_emptyPath(self) -> None:
+        """C{keygen ""} is refused: it does not mean the default path."""
+        home = self.path("home")
+        os.mkdir(home)
+        self.setHome(home)
+        status, out, err = botd2("keygen", "")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(err, "path is empty")
+        self.assertEqual(os.listdir(home), [])
+
 
 class IdTests(CLITestCase):
     """C{botd2 id}: the node ID of a key file, or one sentence naming the file."""
@@ -236,6 +326,16 @@ class IdTests(CLITestCase):
         self.assertEqual(status, 1)
         self.assertOneLine(err, self.dir)
 
+    def test_emptyKey(self) -> None:
+        """C{--key ""} is refused, even when the default key file exists."""
+        home = self.path("home")
+        os.mkdir(home)
+        self.setHome(home)
+        self.assertEqual(botd2("keygen")[0], 0)
+        status, out, err = botd2("id", "--key", "")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(err, "--key", "not an empty string")
+
 
 class PingArgumentTests(CLITestCase):
     """C{botd2 ping} arguments refused before any connection is made."""
@@ -265,15 +365,40 @@ class PingArgumentTests(CLITestCase):
         self.assertOneLine(err, "--count", "at least 1")
 
     def test_countNotANumber(self) -> None:
-        """A syntax error is argparse's: status 2, still one line."""
+        """A syntax error found by argparse: status 1 too, one line."""
         status, out, err = botd2("ping", self.address, "--count", "many")
-        self.assertEqual((status, out), (2, ""))
-        self.assertOneLine(err, "--count", "'many'")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(err, "--count", "'many'", "see botd2 ping --help")
+
+    def test_unknownOption(self) -> None:
+        status, out, err = botd2("ping", self.address, "--bogus")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLine(err, "--bogus")
 
     def test_timeoutZero(self) -> None:
         status, _, err = botd2("ping", self.address, "--timeout", "0")
         self.assertEqual(status, 1)
         self.assertOneLine(err, "--timeout", "positive")
+
+    def test_timeoutTooLong(self) -> None:
+        """
+        C{--timeout inf} (which would wait for ever) or above a day: one
+        sentence, status 1, before any connection.  (A subprocess: a ping
+        that got through would run the reactor.)
+        """
+        for value in ("inf", "86401"):
+            result, _ = botd2Process("ping", self.address, "--timeout", value, cwd=self.dir)
+            self.assertEqual((result.returncode, result.stdout), (1, ""), result.stderr)
+            self.assertOneLine(result.stderr, "--timeout", "at most 86400")
+
+    def test_emptyKey(self) -> None:
+        """
+        C{--key ""} is refused, not taken as no C{--key} (a throwaway key).
+        (A subprocess: a ping that got through would run the reactor.)
+        """
+        result, _ = botd2Process("ping", self.address, "--key", "", cwd=self.dir)
+        self.assertEqual((result.returncode, result.stdout), (1, ""), result.stderr)
+        self.assertOneLine(result.stderr, "--key", "not an empty string")
 
     def test_badKey(self) -> None:
         path, _ = self.keygen()
@@ -290,6 +415,8 @@ class PingArgumentTests(CLITestCase):
         self.assertIn("pings go 30 s apart", text)
         self.assertIn("WIRE.md section 6", text)
         self.assertIn("--count N", text)
+        self.assertIn("'botd2: interrupted' and exits 128 plus the signal's number", text)
+        self.assertIn("at most 86400", text)
 
 
 class PingNetworkTests(CLITestCase):
@@ -352,7 +479,106 @@ class ModuleTests(CLITestCase):
         self.assertEqual(botd2("id", "--key", key), (0, made.stdout, ""))
 
     def test_noCommand(self) -> None:
-        """No subcommand: argparse's status 2 and one line naming the problem."""
+        """No subcommand: status 1 and one line naming the problem."""
         result, _ = botd2Process(cwd=self.dir)
-        self.assertEqual((result.returncode, result.stdout), (2, ""))
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
         self.assertOneLine(result.stderr, "required")
+
+
+class _Collect(protocol.ProcessProtocol):
+    """
+    Gather a child's output; send it C{signalName} once its stdout holds
+    C{after}.  C{ended} fires with the exit status, or C{-N} for signal N.
+    """
+
+    def __init__(self, after: bytes, signalName: str) -> None:
+        self.after = after
+        self.signalName = signalName
+        self.signalled = False
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if self.after in self.out and not self.signalled:
+            self.signalled = True
+            assert self.transport is not None
+            self.transport.signalProcess(self.signalName)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        self.ended.callback(value.exitCode if value.exitCode is not None else -value.signal)
+
+
+class PingInterruptTests(CLITestCase):
+    """
+    C{botd2 ping} stopped by Ctrl-C or SIGTERM says so in one line and exits
+    128 plus the signal's number: it neither claims success nor blames the peer.
+    """
+
+    def test_interruptedHandshake(self) -> None:
+        """
+        SIGINT while the handshake waits on a silent listener: not "cannot
+        reach" (the peer did nothing wrong) but C{botd2: interrupted}, 130.
+        """
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            silent.settimeout(WAIT)
+            port = silent.getsockname()[1]
+            nodeID = PrivateKey.generate().public_key.node_id
+            child = subprocess.Popen(
+                [*INTERRUPTIBLE, "ping", f"{nodeID}@127.0.0.1:{port}", "--timeout", "30"],
+                cwd=self.dir, env=checkoutEnv(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                conn, _ = silent.accept()
+                with conn:
+                    # The Init arrives once the child's reactor runs, its
+                    # signal handlers installed.
+                    conn.settimeout(WAIT)
+                    self.assertTrue(conn.recv(1))
+                    start = time.monotonic()
+                    child.send_signal(signal.SIGINT)
+                    out, err = child.communicate(timeout=WAIT)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate()
+        self.assertEqual((child.returncode, out, err), (130, "", "botd2: interrupted\n"))
+        self.assertLess(time.monotonic() - start, 10)
+
+    async def test_interruptedCount(self) -> None:
+        """
+        SIGTERM between the pings of C{--count 3}, after the first Pong: the
+        Pong printed, then C{botd2: interrupted} and status 143, not 0.
+        """
+        node = PeerFactory(PrivateKey.generate(), reactor=reactor)
+        port = reactor.listenTCP(0, node, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = f"{node.nodeID}@127.0.0.1:{port.getHost().port}"
+        child = _Collect(b"seq=1", "TERM")
+        args = [*INTERRUPTIBLE, "ping", address, "--count", "3"]
+        transport = reactor.spawnProcess(
+            child, args[0], args, env=checkoutEnv(), path=self.dir
+        )
+        killer = reactor.callLater(WAIT, transport.signalProcess, "KILL")
+        try:
+            status = await child.ended
+        finally:
+            if killer.active():
+                killer.cancel()
+        self.assertTrue(child.signalled)
+        self.assertEqual(status, 143, child.err)
+        self.assertRegex(child.out.decode(), rf"^pong from {re.escape(address)}: seq=1 rtt ")
+        self.assertEqual(child.err.decode(), "botd2: interrupted\n")
+        # The child's shutdown closed the connection: the node sees it go.
+        deadline = time.monotonic() + WAIT
+        while node.connections:
+            self.assertLess(time.monotonic(), deadline, "the connection to close")
+            await task.deferLater(reactor, 0.05, lambda: None)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import subprocess
+import sys
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -16,8 +20,12 @@ from botd2.keyfile import (
     key_to_pem,
     load_key_file,
     load_or_create_key_file,
+    lock_key_file,
 )
 from botd2.keys import PrivateKey
+
+#: The checkout under test: subprocesses import botd2 from here.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mode_of(path: str) -> int:
@@ -168,23 +176,35 @@ class KeyFileTests(SynchronousTestCase):
         self.assertRefused("not a secp256k1 key")
 
     def test_encrypted(self) -> None:
+        """
+        An encrypted PKCS#8 file (C{ENCRYPTED PRIVATE KEY}, what C{openssl
+        genpkey -aes256} writes) is said to be encrypted, not to be no PKCS#8.
+        """
         ckey = ec.generate_private_key(ec.SECP256K1())
-        self.write(ckey.private_bytes(
+        data = ckey.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"pw"),
-        ))
-        self.assertRefused("encrypted")
+        )
+        self.assertTrue(data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"))
+        self.write(data)
+        self.assertRefused("is encrypted; botd2 needs an unencrypted key")
 
     def test_sec1_refused(self) -> None:
-        """The SEC1 C{EC PRIVATE KEY} form is not the PKCS#8 file WIRE.md names."""
+        """
+        The SEC1 C{EC PRIVATE KEY} form is not the PKCS#8 file WIRE.md names;
+        the message says how to convert it.
+        """
         ckey = ec.generate_private_key(ec.SECP256K1())
         self.write(ckey.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
         ))
-        self.assertRefused("PKCS#8")
+        self.assertRefused(
+            "is a SEC1 'EC PRIVATE KEY' file, not PKCS#8",
+            f"openssl pkcs8 -topk8 -nocrypt -in {self.path} -out new.key",
+        )
 
     def test_without_public_key(self) -> None:
         """An inner ECPrivateKey without its optional public key is accepted."""
@@ -199,3 +219,87 @@ class KeyFileTests(SynchronousTestCase):
                + b"-----END PRIVATE KEY-----\n")
         self.write(pem)
         self.assertEqual(load_key_file(self.path).secret_bytes(), secret)
+
+
+class LockTests(SynchronousTestCase):
+    """L{lock_key_file}: one process at a time per key file."""
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+        self.path = os.path.join(self.dir, "node.key")
+        create_key_file(self.path)
+
+    def lock(self) -> BinaryIO:
+        f = lock_key_file(self.path)
+        self.addCleanup(f.close)
+        return f
+
+    def assertInUse(self) -> None:
+        with self.assertRaises(KeyFileError) as cm:
+            lock_key_file(self.path)
+        self.assertEqual(
+            str(cm.exception), f"key file {self.path} is in use by another botd2 process"
+        )
+
+    def test_second_lock_refused(self) -> None:
+        """
+        While one lock is held, a second, even in this process, is refused:
+        an C{flock} belongs to an open file, not to a process.
+        """
+        self.lock()
+        # The premise, checked with fcntl alone: another open file of the
+        # same key cannot take the lock.
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            with self.assertRaises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        self.assertInUse()
+
+    def test_released_on_close(self) -> None:
+        """Closing the file (the process ending) frees the key for the next one."""
+        lock_key_file(self.path).close()
+        self.lock()
+        self.assertInUse()
+
+    def test_other_process_refused(self) -> None:
+        """Another process gets the same sentence, and its status 1."""
+        self.lock()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        code = (
+            "import sys\n"
+            "from botd2.keyfile import KeyFileError, lock_key_file\n"
+            "try:\n"
+            "    lock_key_file(sys.argv[1])\n"
+            "except KeyFileError as e:\n"
+            "    sys.exit(str(e))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, self.path], env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=20,
+        )
+        self.assertEqual(
+            (result.returncode, result.stderr),
+            (1, f"key file {self.path} is in use by another botd2 process\n"),
+        )
+
+    def test_file_untouched(self) -> None:
+        """The file is only read: a read-only key can be locked, and is unchanged."""
+        with open(self.path, "rb") as f:
+            before = f.read()
+        os.chmod(self.path, 0o400)
+        f = self.lock()
+        self.assertFalse(f.writable())
+        with open(self.path, "rb") as g:
+            self.assertEqual(g.read(), before)
+        self.assertEqual(mode_of(self.path), 0o400)
+
+    def test_missing(self) -> None:
+        os.unlink(self.path)
+        with self.assertRaises(KeyFileError) as cm:
+            lock_key_file(self.path)
+        self.assertIn(f"cannot read key file {self.path}", str(cm.exception))
+        self.assertIn("No such file", str(cm.exception))

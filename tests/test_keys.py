@@ -118,3 +118,28 @@ class PeerAddressTests(SynchronousTestCase):
         with self.assertRaises(InvalidAddress) as cm:
             PeerAddress.parse("x" * 10_000)
         self.assertLess(len(str(cm.exception)), 200)
+
+    def test_bad_part_shown_whole(self) -> None:
+        """
+        The host and port stay whole in the message, the part at fault among
+        them; only the node ID is cut.
+        """
+        for text, shown in (
+            (f"{NODE}@127.0.0.1:70000", "@127.0.0.1:70000'"),
+            (f"{NODE}@{'a' * 60}.example.com:0", f"@{'a' * 60}.example.com:0'"),
+            (f"{NODE}@[2001:db8::1]:99999", "@[2001:db8::1]:99999'"),
+            (f"{NODE}@127.0.0.1:http", "@127.0.0.1:http'"),
+        ):
+            with self.assertRaises(InvalidAddress, msg=text) as cm:
+                PeerAddress.parse(text)
+            message = str(cm.exception)
+            self.assertIn(f"'{NODE[:8]}...{shown}", message)
+            self.assertIn("port", message)
+            self.assertNotIn(NODE, message)
+
+    def test_long_parts_shortened(self) -> None:
+        """A huge node ID or host part still gives a message of bounded length."""
+        for text in (f"{NODE}@{'h' * 10_000}", f"{'0' * 10_000}@host:1"):
+            with self.assertRaises(InvalidAddress) as cm:
+                PeerAddress.parse(text)
+            self.assertLess(len(str(cm.exception)), 700)

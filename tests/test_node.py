@@ -86,12 +86,14 @@ def botd2(*args: str, cwd: str, timeout: float = WAIT) -> subprocess.CompletedPr
     )
 
 
-def twistd(*args: str, cwd: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+def twistd(
+    *args: str, cwd: str, timeout: float = WAIT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run C{twistd -n ARGS} from this checkout, for runs expected to end by themselves."""
     return subprocess.run(
         [*TWISTD, "-n", "--pidfile", "", "--logfile", "-", *args],
         cwd=cwd,
-        env=checkoutEnv(),
+        env=env or checkoutEnv(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -279,6 +281,8 @@ class StartTests(NodeTestCase):
         with socket.create_connection((node.host, node.port), timeout=WAIT):
             pass
         self.assertEqual(node.stderr(), "")
+        # a new identity is never silent
+        self.assertIn("[botd2#warn] botd2 created a new identity key file k.key", node.log())
 
     def test_restartKeepsIdentity(self) -> None:
         """A second start on the same key file is the same node: the file is reused."""
@@ -286,6 +290,17 @@ class StartTests(NodeTestCase):
         _stop(first.process)
         second = self.startNode(directory=first.directory)
         self.assertEqual(second.nodeID, first.nodeID)
+        self.assertNotIn("created a new identity key", second.log())
+
+    def test_keyInUse(self) -> None:
+        """A second node on a key file a running node holds: one sentence, exit 1."""
+        node = self.startNode(key="k.key")
+        result = twistd("botd2", "--port", "tcp:0:interface=127.0.0.1", "--key", "k.key",
+                        cwd=node.directory)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(result.stderr.strip(),
+                         "twistd botd2: key file k.key is in use by another botd2 process")
+        self.assertNotIn("listening on", result.stdout)
 
     def test_ping(self) -> None:
         """C{botd2 ping NODEID@HOST:PORT} exits 0 and prints the round-trip time."""
@@ -461,6 +476,18 @@ class AllowTests(NodeTestCase):
         self.assertRefused(node)
         self.assertPings(node, "--key", "friend.key")
 
+    def test_emptyAllowFile(self) -> None:
+        """
+        An allow file with no node ID in it (all commented out) lets nobody
+        in, and the node says so; it never falls back to letting anyone in.
+        """
+        directory = self.directory()
+        with open(os.path.join(directory, "allowed"), "w", encoding="utf-8") as f:
+            f.write("# everyone removed for maintenance\n")
+        node = self.startNode("--allow-file", "allowed", directory=directory)
+        self.assertIn("accepts no connection: its allow list is empty", node.log())
+        self.assertRefused(node)
+
     def test_allowFile(self) -> None:
         """C{--allow-file}, with comments and blank lines: the same."""
         directory = self.directory()
@@ -557,7 +584,8 @@ class ErrorTests(NodeTestCase):
                          key="no/such/dir.key")
 
     def test_unknownProtocol(self) -> None:
-        self.assertFails(["--protocol", "no.such.Class"], "--protocol no.such.Class", "no such")
+        self.assertFails(["--protocol", "botd2.echo.NoSuchClass"],
+                         "--protocol botd2.echo.NoSuchClass", "no such class")
 
     def test_protocolNotPeerProtocol(self) -> None:
         self.assertFails(["--protocol", "os.path"], "--protocol os.path",
@@ -611,7 +639,59 @@ class ErrorTests(NodeTestCase):
         self.assertFails(["--ping-interval", "abc"], "--ping-interval", "'abc'")
 
     def test_negativeTimeout(self) -> None:
-        self.assertFails(["--handshake-timeout", "-1"], "--handshake-timeout", "positive")
+        self.assertFails(["--handshake-timeout", "-1"], "--handshake-timeout", "from 1 to 86400")
+
+    def test_infiniteTimeout(self) -> None:
+        """An infinite handshake timeout would keep stalled strangers for ever."""
+        self.assertFails(["--handshake-timeout", "inf"], "--handshake-timeout", "from 1 to 86400")
+        self.assertFails(["--pong-timeout", "1e400"], "--pong-timeout", "from 1 to 86400")
+
+    def test_connectGivenTwice(self) -> None:
+        address = f"{self.goodKey}@127.0.0.1:1"
+        other = PrivateKey.generate().public_key.node_id
+        self.assertFails(["--connect", f"{other}@127.0.0.1:9", "--connect", address,
+                          "--connect", f"{self.goodKey}@127.0.0.2:2"],
+                         f"node {self.goodKey} is given twice")
+
+    def test_emptyKeyName(self) -> None:
+        self.assertFails([], "--key: give a file name", key="")
+
+    def test_badEndpoints(self) -> None:
+        """What the endpoint parsers raise, whatever it is, is one sentence."""
+        self.assertFails(["--port", "ssl:0"], "--port ssl:0: not a usable endpoint",
+                         "No such file")
+        self.assertFails(["--port", "systemd:domain=INET:index=0"], "not a usable endpoint")
+
+    def test_protocolModuleMissing(self) -> None:
+        self.assertFails(["--protocol", "mymodule.EchoPeer"], "no module 'mymodule'",
+                         "PYTHONPATH")
+
+    def test_defaultKeyDirectoryUncreatable(self) -> None:
+        """The default key directory ~/.botd2 cannot be made: one sentence."""
+        home = self.directory()
+        with open(os.path.join(home, ".botd2"), "w"):
+            pass  # a file where the directory should be
+        result = twistd("botd2", "--port", "tcp:0:interface=127.0.0.1", cwd=self.cwd,
+                        env={**checkoutEnv(), "HOME": home})
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertNoTraceback(result.stdout, result.stderr)
+        self.assertEqual(
+            result.stderr.strip(),
+            f"twistd botd2: cannot make {home}/.botd2 for the default key file: File exists "
+            "(give one with --key PATH)",
+        )
+
+    def test_failedStartLeavesNoNewKey(self) -> None:
+        """A key file made by a start that then failed (port in use) is removed."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            result = twistd("botd2", "--port", f"tcp:{port}:interface=127.0.0.1",
+                            "--key", "new.key", cwd=self.cwd)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.cwd, "new.key")))
+        self.assertTrue(os.path.exists(os.path.join(self.cwd, "good.key")))
 
     def test_maxConnectionsZero(self) -> None:
         self.assertFails(["--max-connections", "0"], "--max-connections", "at least 1")

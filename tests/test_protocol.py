@@ -639,6 +639,63 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual(len(lines("log events about unauthenticated")), 2)
         self.assertIn("left 3 log events", lines("log events about unauthenticated")[-1])
 
+    def test_one_line_per_stranger(self) -> None:
+        """
+        A stranger that breaks a rule, or times out, is one log line (the one
+        that says why), not that line and a close line repeating it.
+        """
+        from twisted.logger import formatEvent
+
+        events = logged(self)
+        clock = Clock()
+        b = node(B_SEED, clock)
+        garbage, _ = self.stalled(b, "10.0.0.1")
+        garbage.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        silent, _ = self.stalled(b, "10.0.0.2")
+        clock.advance(10)
+        for proto in (garbage, silent):
+            proto.connectionLost(Failure(ConnectionLost()))
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("protocol error from (unauthenticated)", lines[0])
+        self.assertIn("bad_length", lines[0])
+        self.assertIn("timed out", lines[1])
+
+    def test_count_logged_after_the_flood(self) -> None:
+        """
+        The count of events left out is logged by the 5 s sweep also when no
+        connection is left, and when the node stops listening.
+        """
+        from twisted.logger import formatEvent
+
+        events = logged(self)
+        clock = Clock()
+        b = node(B_SEED, clock)
+        b.doStart()  # as a listening port does
+        for i in range(120):
+            proto, _ = self.stalled(b, f"10.0.{i // 100}.{i % 100}")
+            proto.dataReceived(b"garbage!")
+            proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(b.connections, set())
+
+        def counts() -> list[str]:
+            return [formatEvent(e) for e in events if "log events about" in formatEvent(e)]
+
+        self.assertEqual(counts(), [])
+        clock.advance(5)
+        self.assertEqual(counts(), ["botd2 left 20 log events about unauthenticated connections "
+                                    "out (more than 10 a second)"])
+        self.assertEqual(clock.getDelayedCalls(), [])  # nothing left to wait for
+        for i in range(110):
+            proto, _ = self.stalled(b, f"10.1.{i // 100}.{i % 100}")
+            proto.dataReceived(b"garbage!")
+            proto.connectionLost(Failure(ConnectionLost()))
+        b.doStop()  # the node stops listening before the sweep
+        self.assertEqual(len(counts()), 2)
+        # 49 tokens were left after the count line: 61 of 110 left out
+        self.assertIn("left 61 log events", counts()[-1])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_slot_freed_by_timeout_and_completion(self) -> None:
         clock = Clock()
         a, b = node(A_SEED, clock), node(B_SEED, clock, maxHandshakes=1)

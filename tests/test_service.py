@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from botd2.keys import PeerAddress, PrivateKey
 from botd2.protocol import BOTD2Protocol, PeerFactory
-from botd2.service import persistentPeer
+from botd2.service import NodeService, persistentPeer
 from tests.support import Link, Recorder, address, app, dial
 
 
@@ -89,3 +92,33 @@ class PersistentPeerTests(SynchronousTestCase):
         link.flush()
         self.successResultOf(stopped)
         self.assertEqual(app(proto).lost[0].value.reason, "closed by the application")
+
+    def test_failed_attempts_logged(self) -> None:
+        """Each failed attempt is one line naming the peer and why."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.service.startService()
+        factory = self.reactor.tcpClients[-1][2]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        lines = [formatEvent(e) for e in events]
+        mine = [line for line in lines if line.startswith("botd2 cannot connect to")]
+        self.assertEqual(
+            mine, [f"botd2 cannot connect to {self.address}: Connection was refused by other "
+                   "side."]
+        )
+        # ClientService's own retry line names the peer too
+        retry = [line for line in lines if "Scheduling retry" in line]
+        self.assertIn(f"<botd2 peer {self.address}>", retry[0])
+
+    def test_node_stop_tells_persistent_peers(self) -> None:
+        """
+        A node shutting down tells the peers it keeps connected so, not
+        "closed by the application" (its persistent services stop after).
+        """
+        node = NodeService(self.a, self.reactor.listenTCP(9945, self.a))
+        self.service.setServiceParent(node)
+        node.startService()
+        link = self.completePending()
+        stopped = node.stopService()
+        link.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(app(link.server).lost[0].value.message, "the node is shutting down")
