@@ -529,9 +529,9 @@ class Connection:
                 raise _Fail("bad_id", "Pong id is empty or longer than 64 bytes", True)
             events.append(PongReceived(pong.id, pong.ping_id))
         elif kind == "error":
-            # WIRE.md section 5: close sending nothing further, not even a
-            # key confirmation queued by the Ack read with this Error.
-            self.take_output()
+            # Close, sending nothing further.  What earlier frames of this
+            # read queued (a key confirmation, an Ack) stays: it would be
+            # on the wire already had those frames come in a read of their own.
             self.close()
             events.append(ErrorReceived(printable_error_message(envelope.error.message)))
         elif kind is not None:

@@ -181,18 +181,30 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_error_read_with_the_ack(self) -> None:
         """
-        An Error in the same read as the Ack: the initiator closes sending
-        nothing further (WIRE.md section 5), not even its key confirmation.
+        An Error in the same read as the Ack: the initiator closes and sends
+        nothing after it (WIRE.md section 5), and what the Ack made it queue,
+        its key confirmation, goes as it would had the two come in two reads.
         """
-        i = Initiator(I_KEY, R_KEY.public_key)
-        i.initiate()
-        r = Responder(R_KEY)
-        r.receive_data(i.data_to_send())
-        r.send_envelope(Envelope(error=Error(id="e", message="no")))
-        events = i.receive_data(r.data_to_send())
-        self.assertEqual([type(e) for e in events], [HandshakeComplete, ErrorReceived])
-        self.assertTrue(i.closed)
-        self.assertEqual(i.data_to_send(), b"")
+        outputs = []
+        for split in (False, True):
+            i = Initiator(I_KEY, R_KEY.public_key)
+            i.initiate()
+            r = Responder(R_KEY)
+            r.receive_data(i.data_to_send())
+            ack = r.data_to_send()
+            r.send_envelope(Envelope(error=Error(id="e", message="no")))
+            error = r.data_to_send()
+            if split:
+                events = i.receive_data(ack)
+                events += i.receive_data(error)
+            else:
+                events = i.receive_data(ack + error)
+            self.assertEqual([type(e) for e in events], [HandshakeComplete, ErrorReceived])
+            self.assertTrue(i.closed)
+            outputs.append(i.data_to_send())
+            self.assertEqual(i.data_to_send(), b"")
+        # the key confirmation alone, both ways (fresh keys: other bytes)
+        self.assertEqual([len(out) for out in outputs], [20, 20])
 
     def test_handshake_frame_length_limits(self) -> None:
         for length in (0, 1025, 2**32 - 1):
