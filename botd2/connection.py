@@ -354,6 +354,7 @@ class Connection:
         self.state = State.CLOSED
         self._ephemeral = None
         self._handshake_body = None
+        self.keys = None
         self._buffer.clear()
 
     # Input ------------------------------------------------------------------

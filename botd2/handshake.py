@@ -50,13 +50,16 @@ class ReceivedInit:
     ephemeral: PublicKey
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TransportKeys:
     """The key schedule of WIRE.md section 4 step 5, every value kept for tests."""
 
     ss: bytes
     th: bytes
     okm: bytes
+
+    def __repr__(self) -> str:
+        return "<TransportKeys (secret)>"  # never the keys, in a log or a traceback
 
     @property
     def k_ir(self) -> bytes:

@@ -221,6 +221,8 @@ COPY_BELOW: Final = 4096
 #: canonical payload Envelope of that length split: the receive side's
 #: counterpart of L{_HEADS}.
 _SPLITS: dict[int, tuple[bytes, str]] = {}
+#: The longest header kept in L{_SPLITS} (a type URL of some 500 bytes).
+_SPLIT_HEAD_MAX: Final = 512
 
 
 def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
@@ -276,9 +278,12 @@ def split_payload(envelope: bytes) -> tuple[str, bytes | memoryview] | None:
     pos = start + n
     if n < 0 or pos != end:
         return None
-    if len(_SPLITS) >= 1024:
-        _SPLITS.clear()
-    _SPLITS[end] = (envelope[:start], url)
+    if start <= _SPLIT_HEAD_MAX:
+        # Only short headers: a peer picks the type URL, and 1,024 entries of
+        # 1 MiB URLs would pin 2 GiB for the life of the process.
+        if len(_SPLITS) >= 1024:
+            _SPLITS.clear()
+        _SPLITS[end] = (envelope[:start], url)
     if n < COPY_BELOW:
         return url, envelope[start:pos]
     return url, memoryview(envelope)[start:pos]

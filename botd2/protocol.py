@@ -203,6 +203,7 @@ class PeerProtocol(Protocol):
     factory: PeerFactory | None = None
     transport: BOTD2Protocol | None = None
     peer: PeerInfo
+    _unhandledLogged = False
 
     # Hooks ------------------------------------------------------------------
 
@@ -213,9 +214,17 @@ class PeerProtocol(Protocol):
         """An application message of one of L{messageTypes} arrived."""
 
     def unhandledPayload(self, payload: any_pb2.Any) -> None:
-        """A payload of a type not in L{messageTypes}: ignored by default."""
+        """
+        A payload of a type not in L{messageTypes}: ignored by default, and
+        the first of each connection logged (at debug level: a peer may send
+        many, and each line would cost more than the frame).
+        """
+        if self._unhandledLogged:
+            return
+        self._unhandledLogged = True
         _log.debug(
-            "ignored a payload of type {type_url} from {peer}",
+            "ignored a payload of type {type_url} from {peer} (and any more on this "
+            "connection, unlogged)",
             type_url=printable_error_message(payload.type_url[:100]),
             peer=self.peer.nodeID,
         )

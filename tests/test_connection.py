@@ -213,15 +213,26 @@ class HandshakeTests(SynchronousTestCase):
             assert isinstance(event, ConnectionFailed)
             self.assertEqual(event.code, "bad_length")
 
+    def test_keys_not_in_reprs(self) -> None:
+        """Session secrets never show in a repr (a log line, a traceback)."""
+        i, r = handshake()
+        keys = r.keys
+        assert keys is not None
+        for secret in (keys.ss, keys.th, keys.okm):
+            self.assertNotIn(secret.hex(), repr(keys))
+            self.assertNotIn(repr(secret), repr(keys))
+
     def test_second_init_in_transport_phase(self) -> None:
         i, r = handshake()
+        assert r.keys is not None  # (a close drops them)
+        reader = CipherState(r.keys.k_ri)
         i.send_envelope(Envelope(init=Init(id="x")))
         (event,) = r.receive_data(i.data_to_send())
         assert isinstance(event, ConnectionFailed)
         self.assertEqual(event.code, "unexpected_message")
+        self.assertIsNone(r.keys)
         # complete connection: an Error goes out before the close
-        assert r.keys is not None
-        (error,) = decrypt_all(CipherState(r.keys.k_ri), r.data_to_send())
+        (error,) = decrypt_all(reader, r.data_to_send())
         self.assertEqual(error.WhichOneof("body"), "error")
 
 

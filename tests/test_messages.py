@@ -59,6 +59,27 @@ class IdTests(SynchronousTestCase):
             self.assertEqual(is_valid_id(value), valid, value)
 
 
+class SplitCacheTests(SynchronousTestCase):
+    def test_long_type_urls_not_kept(self) -> None:
+        """
+        The cache of payload headers keeps short ones only: the peer picks
+        the type URL, and long ones would pin memory for the process's life.
+        """
+        from botd2 import messages
+
+        self.addCleanup(messages._SPLITS.clear)
+        messages._SPLITS.clear()
+        for url in ("t/" + "x" * 600, "t/" + "y" * 100_000):
+            data = Envelope(payload=any_pb2.Any(type_url=url, value=b"v")).SerializeToString()
+            split = split_payload(data)
+            assert split is not None
+            self.assertEqual((split[0], bytes(split[1])), (url, b"v"))
+        self.assertEqual(messages._SPLITS, {})
+        short = Envelope(payload=any_pb2.Any(type_url="t/ok", value=b"v")).SerializeToString()
+        split_payload(short)
+        self.assertEqual(list(messages._SPLITS), [len(short)])
+
+
 class ErrorMessageTests(SynchronousTestCase):
     def test_truncate_on_character_boundary(self) -> None:
         text = "a" + "\u00e9" * 200

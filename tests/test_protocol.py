@@ -784,7 +784,8 @@ class ApplicationTests(SynchronousTestCase):
         b = node(B_SEED, self.clock, protocol=PeerProtocol)
         link = dial(self.a, b)
         url = "evil/x\n2026-01-01 [botd2#info] forged\x1b[2J" + "y" * 200
-        link.client.connection.send_payload(any_pb2.Any(type_url=url, value=b""))
+        for _ in range(3):  # logged once per connection: a line costs more than a frame
+            link.client.connection.send_payload(any_pb2.Any(type_url=url, value=b""))
         link.client._scheduleFlush()
         link.flush()
         (event,) = [e for e in logged if e.get("log_format", "").startswith("ignored a payload")]
