@@ -215,7 +215,7 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_keys_not_in_reprs(self) -> None:
         """Session secrets never show in a repr (a log line, a traceback)."""
-        i, r = handshake()
+        _, r = handshake()
         keys = r.keys
         assert keys is not None
         for secret in (keys.ss, keys.th, keys.okm):
