@@ -235,6 +235,12 @@ class Connection:
         return len(self._buffer)
 
     @property
+    def frames_sent(self) -> int:
+        """Transport frames sealed so far (0 before the handshake)."""
+        send = self._send
+        return 0 if send is None else send.generation * REKEY_AFTER + send.counter
+
+    @property
     def can_send(self) -> bool:
         """May a transport frame be sent now?"""
         return self.state is State.OPEN or (

@@ -114,6 +114,14 @@ PARTIAL_TRACKED: Final = 64 * 1024
 #: remade, a few microseconds, on the next frame).  A connection with no frame
 #: in a whole period is idle.
 CIPHER_SWEEP_INTERVAL: Final = 5.0
+#: A connection starts watching its send buffer (L{_SendWatch}) from a write
+#: of this many bytes, or from this many frames sent, on: not before, as
+#: registering a producer on Twisted's TCP transport costs some 870 bytes, and
+#: most connections stay small (an idle one sends about two frames a minute
+#: of keep-alive).  Until then a peer that does not read can make the node
+#: hold at most WATCH_FRAMES replies of less than WATCH_WRITE bytes.
+WATCH_WRITE: Final = 16 * 1024
+WATCH_FRAMES: Final = 1024
 #: After we decided to close, how long a peer that does not read may keep
 #: the connection (and its unsent buffer) before it is aborted.
 CLOSE_GRACE: Final = 10.0
@@ -318,8 +326,12 @@ class BOTD2Protocol(Protocol):
     _lostCalled = False
     #: A line about this connection, not yet authenticated, said why it closes.
     _strangerExplained = False
-    #: The application's producer, registered on the TCP transport through us.
+    #: The application's producer, registered through us.
     _producer: IProducer | None = None
+    #: Registered on TCP once the output grew (see L{_SendWatch}).
+    _watch: _SendWatch | None = None
+    #: The application asked us not to read (L{pauseProducing}).
+    _appPaused = False
     # Made on first use: most connections never need them, and an idle
     # connection's size is what a node with 10,000 of them pays for.
     _pingWaiters: list[tuple[str, float, Deferred[float]]] | None = None
@@ -397,7 +409,7 @@ class BOTD2Protocol(Protocol):
         if self._lostCalled:
             return
         self._lostCalled = True
-        self._producer = None  # TCP stopped it, if it was still registered
+        self._producer = self._watch = None  # TCP stopped what was registered
         self._cancelTimer()
         if self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
@@ -637,7 +649,25 @@ class BOTD2Protocol(Protocol):
         if self.connection._out_size:
             # One write of the joined chunks: Twisted joins them anyway before
             # sending, and checks each item of a writeSequence one by one.
-            self.transport.write(b"".join(self.connection.take_output()))
+            data = b"".join(self.connection.take_output())
+            self.transport.write(data)
+            if self._watch is None and self._producer is None and (
+                len(data) >= WATCH_WRITE or self.connection.frames_sent >= WATCH_FRAMES
+            ):
+                self._watchSends()
+
+    def _watchSends(self, appProducer: IPushProducer | None = None) -> None:
+        """Register a L{_SendWatch} on TCP (once the output grew)."""
+        self._watch = _SendWatch(self, appProducer)
+        self.transport.registerProducer(self._watch, True)
+
+    def _updateReading(self) -> None:
+        """Read from TCP unless the application, or a full send buffer, says not to."""
+        watch = self._watch
+        if self._appPaused or (watch is not None and watch.blocked):
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
     # Closing -------------------------------------------------------------------
 
@@ -676,9 +706,10 @@ class BOTD2Protocol(Protocol):
         self.connection.close()
         self._flush()
         producer, self._producer = self._producer, None
-        if producer is not None:
-            # TCP would wait for the producer to go before closing, and what
-            # it makes now is dropped: its consumer is gone, so stop it.
+        if producer is not None or self._watch is not None:
+            # TCP would wait for a producer to go before closing, and what the
+            # application's makes now is dropped: its consumer is gone, stop it.
+            self._watch = None
             self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._setTimer(CLOSE_GRACE, self.transport.abortConnection)
@@ -814,22 +845,80 @@ class BOTD2Protocol(Protocol):
 
     # IConsumer: the application's producer is paused when TCP's buffer is full.
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)
+        if self._producer is not None:
+            raise RuntimeError(f"a producer is registered already: {self._producer!r}")
+        if self.disconnecting or self._lostCalled:
+            producer.stopProducing()  # as TCP does for a closed connection
+            return
         self._producer = producer
+        if streaming:
+            # Through a watch: TCP's buffer full pauses it and stops reading.
+            if self._watch is None:
+                self._watchSends(producer)  # type: ignore[arg-type]
+            else:
+                self._watch.appProducer = producer  # type: ignore[assignment]
+        else:
+            # A pull producer makes data only when asked: straight to TCP.
+            if self._watch is not None:
+                self._watch = None
+                self.transport.unregisterProducer()
+                self._updateReading()
+            self.transport.registerProducer(producer, False)
 
     def unregisterProducer(self) -> None:
         self._producer = None
-        self.transport.unregisterProducer()
+        if self._watch is not None:
+            self._watch.appProducer = None  # the watch stays: the output grew
+        elif not self._lostCalled:
+            self.transport.unregisterProducer()
 
     # IPushProducer: the application pausing us stops reading from TCP.
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        self._appPaused = True
+        self._updateReading()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self._appPaused = False
+        self._updateReading()
 
     def stopProducing(self) -> None:
         self.abortConnection()
+
+
+@implementer(IPushProducer)
+class _SendWatch:
+    """
+    What a L{BOTD2Protocol} registers on its TCP transport once its output
+    grew: while TCP's send buffer is full (a peer that does not read), the
+    node stops reading from that peer, as Bitcoin Core stops processing a
+    peer whose send buffer is full, so a peer that sends and never reads
+    cannot make an application that replies buffer without bound.  The
+    application's streaming producer, if any, is paused and resumed with it.
+    """
+
+    __slots__ = ("proto", "appProducer", "blocked")
+
+    def __init__(self, proto: BOTD2Protocol, appProducer: IPushProducer | None) -> None:
+        self.proto = proto
+        self.appProducer = appProducer
+        self.blocked = False
+
+    def pauseProducing(self) -> None:
+        self.blocked = True
+        self.proto._updateReading()
+        if self.appProducer is not None:
+            self.proto._callApp(self.appProducer.pauseProducing)
+
+    def resumeProducing(self) -> None:
+        self.blocked = False
+        self.proto._updateReading()
+        if self.appProducer is not None:
+            self.proto._callApp(self.appProducer.resumeProducing)
+
+    def stopProducing(self) -> None:
+        # TCP's connectionLost; BOTD2Protocol's tells the application why.
+        if self.appProducer is not None:
+            self.proto._callApp(self.appProducer.stopProducing)
 
 
 def clientEndpoint(

@@ -286,7 +286,7 @@ class ProducerTests(SynchronousTestCase):
         link = dial(a, b)
         producer = Pusher()
         link.client.registerProducer(producer, True)
-        self.assertIs(link.clientIO.producer, producer)
+        self.assertIs(link.clientIO.producer.appProducer, producer)  # through a send watch
         app(link.client).disconnect("done")
         self.assertIsNone(link.clientIO.producer)
         self.assertEqual(producer.stopped, 1)

@@ -13,11 +13,13 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from botd2 import errors
 from botd2.connection import (
@@ -56,6 +58,21 @@ class CountingTransport(StringTransport):
 
 def logged(test: SynchronousTestCase) -> EventLoggingObserver:
     return EventLoggingObserver.createWithCleanup(test, globalLogPublisher)
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -878,20 +895,72 @@ class ApplicationTests(SynchronousTestCase):
         app(link.client).sendMessage(BytesValue(value=b"x" * FLUSH_THRESHOLD))
         self.assertEqual(t.writes, 1)
 
-    def test_producer_passed_through(self) -> None:
+    def test_streaming_producer(self) -> None:
+        """
+        A streaming producer goes through a send watch registered on TCP:
+        TCP's buffer full pauses it and stops reading from the peer; drained,
+        both resume.  The application's own pause of reading holds apart.
+        """
+        from botd2.protocol import _SendWatch
+
         link = dial(self.a, self.b)
         t = StringTransport()
         link.client.transport = t
-        producer = object()
-        link.client.registerProducer(producer, True)  # type: ignore[arg-type]
-        self.assertIs(t.producer, producer)
+        producer = RecordingProducer()
+        link.client.registerProducer(producer, True)
+        watch = t.producer
+        assert isinstance(watch, _SendWatch)
+        self.assertIs(watch.appProducer, producer)
         self.assertTrue(t.streaming)
-        link.client.unregisterProducer()
-        self.assertIsNone(t.producer)
-        link.client.pauseProducing()
-        self.assertEqual(t.producerState, "paused")
+        watch.pauseProducing()  # TCP: the send buffer is full
+        self.assertEqual((producer.calls, t.producerState), (["pause"], "paused"))
+        link.client.pauseProducing()  # the application too
+        watch.resumeProducing()  # drained: the producer resumes, reading not yet
+        self.assertEqual((producer.calls[-1], t.producerState), ("resume", "paused"))
         link.client.resumeProducing()
         self.assertEqual(t.producerState, "producing")
+        link.client.unregisterProducer()
+        self.assertIsNone(watch.appProducer)
+        link.client.registerProducer(producer, True)  # again: the same watch carries it
+        self.assertIs(t.producer, watch)
+        self.assertRaises(RuntimeError, link.client.registerProducer, RecordingProducer(), True)
+
+    def test_pull_producer(self) -> None:
+        """A pull producer makes data when asked: it is registered on TCP as it is."""
+        link = dial(self.a, self.b)
+        t = StringTransport()
+        link.client.transport = t
+        producer = RecordingProducer()
+        link.client.registerProducer(producer, False)
+        self.assertIs(t.producer, producer)
+        self.assertFalse(t.streaming)
+        link.client.unregisterProducer()
+        self.assertIsNone(t.producer)
+
+    def test_large_output_watched(self) -> None:
+        """
+        Without a producer, a connection registers a send watch once its
+        output grew (a large write, or many frames), and not before: the
+        registration costs memory, and most connections stay small.
+        """
+        from botd2.protocol import WATCH_FRAMES, WATCH_WRITE, _SendWatch
+
+        link = dial(self.a, self.b)
+        t = StringTransport()
+        link.client.transport = t
+        app(link.client).sendMessage(BytesValue(value=b"x" * 100))
+        link.client._flush()
+        self.assertIsNone(t.producer)
+        app(link.client).sendMessage(BytesValue(value=b"x" * WATCH_WRITE))
+        link.client._flush()
+        self.assertIsInstance(t.producer, _SendWatch)
+        other = dial(node(1, self.clock), self.b)
+        t2 = StringTransport()
+        other.client.transport = t2
+        for _ in range(WATCH_FRAMES):
+            app(other.client).sendMessage(StringValue(value="hi"))
+            other.client._flush()
+        self.assertIsInstance(t2.producer, _SendWatch)
 
     def test_log_events(self) -> None:
         events = logged(self)

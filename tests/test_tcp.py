@@ -462,6 +462,57 @@ class SlowReaderTests(TCPTestCase):
         return Deferred.fromCoroutine(self.transfer(startAtOnce=True))
 
 
+class NonReadingPeerTests(TCPTestCase):
+    timeout = 45
+
+    async def test_echo_to_a_peer_that_does_not_read(self) -> None:
+        """
+        A peer sends text to an echo node and never reads the replies: once
+        the node's send buffer is full, it stops reading from that peer, so
+        what it holds stays bounded instead of growing with what the peer
+        sends (here 32 MiB).  The peer's sends then block.
+        """
+        from botd2.echo import EchoPeer
+        from tests.rawpeer import RawPeer
+
+        node = self.node(protocol=EchoPeer)
+        port = await self.listen(node)
+        from twisted.internet.threads import deferToThread
+
+        # a blocking socket, off the reactor thread (the node runs on it)
+        peer = await deferToThread(
+            lambda: RawPeer(LOCALHOST, port, node.identity.public_key).handshake()
+        )
+        self.addCleanup(peer.close)
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        message = pack(StringValue(value="x" * 1000))
+        frames = b"".join(peer.seal(Envelope(payload=message)) for _ in range(32 * 1024))
+        peer.sock.setblocking(False)
+        sent = held = 0
+        deadline = time.monotonic() + 20
+        progress = time.monotonic()
+        # until everything is sent, or nothing could be sent for 2 s
+        while (
+            sent < len(frames)
+            and time.monotonic() - progress < 2
+            and time.monotonic() < deadline
+        ):
+            try:
+                sent += peer.sock.send(frames[sent : sent + 65536])
+                progress = time.monotonic()
+            except BlockingIOError:
+                await task.deferLater(reactor, 0.05, lambda: None)
+            else:
+                await task.deferLater(reactor, 0, lambda: None)
+            for proto in node.connections:
+                t = proto.transport
+                held = max(held, len(t.dataBuffer) - t.offset + t._tempDataLen)
+        self.assertLess(sent, len(frames), "the node read everything: it never stopped reading")
+        # TCP's bufferSize (64 KiB) plus the replies to one read (64 KiB in, a
+        # bit more out) before the node stops reading: a few hundred KiB.
+        self.assertLess(held, 1024 * 1024, f"the node held {held:,} bytes of replies")
+
+
 # 3. Stalled half-Inits --------------------------------------------------------------
 
 
