@@ -142,7 +142,7 @@ def _pingMain(
 
     from botd2 import errors
     from botd2.keepalive import MIN_PING_GAP
-    from botd2.protocol import PeerFactory
+    from botd2.protocol import NotReady, PeerFactory
 
     factory = PeerFactory(identity, reactor=reactor, handshakeTimeout=timeout)
     finished: list[bool] = []
@@ -170,19 +170,35 @@ def _pingMain(
             proto = yield factory.connect(address)
         except (errors.ConnectFailed, ConnectError, DNSLookupError, TimeoutError) as e:
             raise fail(f"cannot reach {address}: {_reason(e)}") from None
+        transport = proto.transport
+
+        def closed(why: object) -> SystemExit:
+            return fail(f"{address} closed the connection: {why}")
+
         for n in range(1, count + 1):
             if n > 1:
-                # WIRE.md section 6: the next Ping waits 30 s after the last Pong.
-                yield task.deferLater(reactor, MIN_PING_GAP, lambda: None)
+                # WIRE.md section 6: the next Ping waits 30 s after the last Pong;
+                # a close meanwhile (the node shutting down, say) ends the wait.
+                which, why = yield defer.race(
+                    [task.deferLater(reactor, MIN_PING_GAP, lambda: None), transport.whenLost()]
+                )
+                if which == 1:
+                    raise closed(why)
             try:
                 rtt = yield proto.ping().addTimeout(timeout, reactor)
             except defer.TimeoutError:
                 raise fail(f"no Pong from {address} within {timeout:g} s") from None
             except errors.Disconnected as e:
-                raise fail(f"{address} closed the connection: {e}") from None
+                raise closed(e) from None
+            except NotReady as e:
+                if transport.disconnecting:
+                    # Closed under us: say why, once the close is through.
+                    why = yield transport.whenLost()
+                    raise closed(why) from None
+                raise fail(f"cannot ping {address}: {e}") from None
             print(f"pong from {address}: seq={n} rtt {rtt * 1000:.1f} ms", flush=True)
         # Say goodbye, and let the Error reach the node before the reactor stops.
-        lost = proto.transport.whenLost()
+        lost = transport.whenLost()
         proto.disconnect("ping done")
         yield lost.addTimeout(timeout, reactor).addErrback(lambda _: None)
         status.append(EXIT_OK)

@@ -7,8 +7,9 @@ Copy it to start your own.  Run it as a node with::
     twistd -n botd2 --port 9945 --protocol botd2.echo.EchoPeer
 
 Every C{google.protobuf.StringValue} a peer sends comes back to it, prefixed
-with C{"echo: "}.  Any protobuf message class can be an application message:
-list the ones you handle in C{messageTypes}.
+with C{"echo: "}.  A peer that talks to it must not echo as well, or the two
+would echo each other's echoes for ever.  Any protobuf message class can be
+an application message: list the ones you handle in C{messageTypes}.
 """
 
 from __future__ import annotations

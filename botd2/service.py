@@ -115,17 +115,29 @@ class _AuthenticatedEndpoint:
 
 def persistentPeer(
     node: PeerFactory,
-    address: PeerAddress,
+    address: str | PeerAddress,
     endpoint: IStreamClientEndpoint | None = None,
     maxDelay: float = 60.0,
 ) -> ClientService:
     """
     A service that keeps a connection to C{address}: it dials, waits for the
     handshake, and redials with jittered exponential backoff (1 s up to
-    C{maxDelay}) whenever the connection ends or the attempt fails.
-    C{whenConnected()} gives a session whose C{app} is the application
-    protocol.
+    C{maxDelay}) whenever the connection ends, whoever closed it (the
+    application's own C{disconnect()} included), or the attempt fails, until
+    C{stopService()}.
+
+    Start it with C{startService()}, or give it a parent service.  Each
+    C{whenConnected()} fires with a session whose C{app} is the application
+    protocol of the current connection.
+
+    @param address: C{"NODEID@HOST[:PORT]"}, as L{PeerFactory.connect} takes
+        it, or a L{PeerAddress}.
+    @param endpoint: dial this instead of C{address}'s host and port.
+    @raise botd2.keys.InvalidAddress: C{address} is a string that is no
+        C{NODEID@HOST[:PORT]}.
     """
+    if isinstance(address, str):
+        address = PeerAddress.parse(address)
     if endpoint is None:
         endpoint = clientEndpoint(node.reactor, address, timeout=node.handshakeTimeout)
     service = ClientService(

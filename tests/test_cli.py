@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
@@ -487,13 +488,20 @@ class ModuleTests(CLITestCase):
 
 class _Collect(protocol.ProcessProtocol):
     """
-    Gather a child's output; send it C{signalName} once its stdout holds
-    C{after}.  C{ended} fires with the exit status, or C{-N} for signal N.
+    Gather a child's output; once its stdout holds C{after}, send it
+    C{signalName} or call C{action}.  C{ended} fires with the exit status, or
+    C{-N} for signal N.
     """
 
-    def __init__(self, after: bytes, signalName: str) -> None:
+    def __init__(
+        self,
+        after: bytes,
+        signalName: str | None = None,
+        action: Callable[[], object] | None = None,
+    ) -> None:
         self.after = after
         self.signalName = signalName
+        self.action = action
         self.signalled = False
         self.out = b""
         self.err = b""
@@ -503,8 +511,11 @@ class _Collect(protocol.ProcessProtocol):
         self.out += data
         if self.after in self.out and not self.signalled:
             self.signalled = True
-            assert self.transport is not None
-            self.transport.signalProcess(self.signalName)
+            if self.action is not None:
+                self.action()
+            if self.signalName is not None:
+                assert self.transport is not None
+                self.transport.signalProcess(self.signalName)
 
     def errReceived(self, data: bytes) -> None:
         self.err += data
@@ -582,3 +593,48 @@ class PingInterruptTests(CLITestCase):
         while node.connections:
             self.assertLess(time.monotonic(), deadline, "the connection to close")
             await task.deferLater(reactor, 0.05, lambda: None)
+
+
+class PingClosedTests(CLITestCase):
+    """C{botd2 ping --count N} whose node closes the connection between two pings."""
+
+    async def test_closedBetweenPings(self) -> None:
+        """
+        The node closes the connection after the first Pong (with an Error,
+        as a node shutting down does): the Pong printed, then, at once and
+        not at the next ping 30 s later, one line naming the node and why,
+        status 1.
+        """
+        node = PeerFactory(PrivateKey.generate(), reactor=reactor)
+        port = reactor.listenTCP(0, node, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = f"{node.nodeID}@127.0.0.1:{port.getHost().port}"
+        closedAt: list[float] = []
+
+        def close() -> None:
+            closedAt.append(time.monotonic())
+            for proto in list(node.connections):
+                proto.disconnect("the node is shutting down")
+
+        child = _Collect(b"seq=1", action=close)
+        args = [sys.executable, "-m", "botd2", "ping", address, "--count", "3"]
+        transport = reactor.spawnProcess(
+            child, args[0], args, env=checkoutEnv(), path=self.dir
+        )
+        killer = reactor.callLater(WAIT, transport.signalProcess, "KILL")
+        try:
+            status = await child.ended
+        finally:
+            if killer.active():
+                killer.cancel()
+        self.assertTrue(closedAt)
+        self.assertLess(time.monotonic() - closedAt[0], 10)
+        self.assertEqual(status, 1, child.err)
+        self.assertRegex(
+            child.out.decode(), rf"^pong from {re.escape(address)}: seq=1 rtt [^\n]* ms\n$"
+        )
+        self.assertEqual(
+            child.err.decode(),
+            f"botd2: {address} closed the connection: "
+            "the peer sent an Error: the node is shutting down\n",
+        )

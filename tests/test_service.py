@@ -10,7 +10,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from botd2.keys import PeerAddress, PrivateKey
+from botd2.keys import InvalidAddress, PeerAddress, PrivateKey
 from botd2.protocol import BOTD2Protocol, PeerFactory
 from botd2.service import NodeService, persistentPeer
 from tests.support import Link, Recorder, address, app, dial
@@ -55,6 +55,49 @@ class PersistentPeerTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.completePending()
         self.assertIn(self.b.identity.public_key, self.a.peers)
+
+    def test_address_string(self) -> None:
+        """
+        C{persistentPeer} takes C{"NODEID@HOST:PORT"} as C{connect()} does,
+        and dials that host and port.
+        """
+        service = persistentPeer(self.a, f"{self.b.nodeID}@10.0.0.3:9946", maxDelay=10)
+        self.addCleanup(service.stopService)
+        service.startService()
+        host, port = self.reactor.tcpClients[-1][:2]
+        self.assertEqual((host, port), ("10.0.0.3", 9946))
+        link = self.completePending()
+        session = self.successResultOf(service.whenConnected())
+        self.assertIs(session.app, link.client.app)
+        self.assertIn(self.b.identity.public_key, self.a.peers)
+        self.assertEqual(service.name, f"peer {self.b.nodeID}@10.0.0.3:9946")
+
+    def test_bad_address_string(self) -> None:
+        """A string that is no C{NODEID@HOST[:PORT]}: C{InvalidAddress} at once."""
+        self.assertRaises(InvalidAddress, persistentPeer, self.a, "nonsense")
+
+    def test_redials_after_own_disconnect(self) -> None:
+        """
+        The application closing the connection itself does not stop the
+        service: it redials after the backoff, until C{stopService()}.
+        """
+        self.service.startService()
+        link = self.completePending()
+        session = self.successResultOf(self.service.whenConnected())
+        session.app.disconnect("going for a moment")
+        link.flush()
+        self.assertEqual(app(link.server).lost[0].value.message, "going for a moment")
+        self.assertNotIn(self.b.identity.public_key, self.a.peers)
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        second = self.completePending()
+        again = self.successResultOf(self.service.whenConnected())
+        self.assertIsNot(again, session)
+        stopped = self.service.stopService()
+        second.flush()
+        self.successResultOf(stopped)
+        self.reactor.advance(100)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
 
     def test_failed_handshake_is_retried(self) -> None:
         self.service.startService()
