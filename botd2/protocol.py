@@ -218,8 +218,11 @@ class PeerProtocol(Protocol):
     def peerAuthenticated(self) -> None:
         """The handshake is complete: C{self.peer} is proven. Sending may start."""
 
-    def messageReceived(self, message: Message) -> None:
-        """An application message of one of L{messageTypes} arrived."""
+    def messageReceived(self, message: Any) -> None:
+        """
+        An application message of one of L{messageTypes} arrived (a
+        C{Message}: typed C{Any} so that an override may name its own class).
+        """
 
     def unhandledPayload(self, payload: any_pb2.Any) -> None:
         """
@@ -972,6 +975,15 @@ def _sourceKey(address: object) -> str | None:
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
+def _allowedKey(key: object) -> PublicKey:
+    """An entry of C{allow}: a L{PublicKey}, or a node ID as text."""
+    if isinstance(key, PublicKey):
+        return key
+    if isinstance(key, str):
+        return PublicKey.from_node_id(key)
+    raise TypeError(f"allow: expected PublicKeys or node IDs, got {type(key).__name__}")
+
+
 def _guardedPolicy(policy: Callable[[PublicKey], bool]) -> Callable[[PublicKey], bool]:
     """
     The application's C{allow} callable, where an exception (the
@@ -1032,7 +1044,7 @@ class PeerFactory(Factory):
         protocol: type[PeerProtocol] | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
-        allow: Iterable[PublicKey] | Callable[[PublicKey], bool] | None = None,
+        allow: Iterable[PublicKey | str] | Callable[[PublicKey], bool] | None = None,
         handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         pingInterval: float = DEFAULT_INTERVAL,
         pongTimeout: float = DEFAULT_PONG_TIMEOUT,
@@ -1071,7 +1083,7 @@ class PeerFactory(Factory):
         elif callable(allow):
             self.allow = _guardedPolicy(allow)
         else:
-            allowed = frozenset(allow)
+            allowed = frozenset(_allowedKey(key) for key in allow)
             self.allow = allowed.__contains__
         self.handshakeTimeout = float(handshakeTimeout)
         self.pingInterval = float(pingInterval)
@@ -1102,6 +1114,7 @@ class PeerFactory(Factory):
 
     @property
     def nodeID(self) -> str:
+        """This node's own ID: the lowercase hex of its static public key."""
         return self.identity.public_key.node_id
 
     @staticmethod

@@ -764,6 +764,19 @@ class AdmissionTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, PeerFactory, key, clock=Clock(), **kwargs)
 
+    def test_allow_node_ids_as_text(self) -> None:
+        """allow= takes node IDs as text too (any case); anything else is refused at once."""
+        from botd2.keys import InvalidKey
+
+        a = PrivateKey.from_int(A_SEED).public_key
+        factory = PeerFactory(PrivateKey.from_int(1), clock=Clock(),
+                              allow=[a.node_id.upper(), PrivateKey.from_int(2).public_key])
+        assert factory.allow is not None
+        self.assertTrue(factory.allow(a))
+        self.assertFalse(factory.allow(PrivateKey.from_int(3).public_key))
+        self.assertRaises(TypeError, PeerFactory, PrivateKey.from_int(1), allow=[bytes(a)])
+        self.assertRaises(InvalidKey, PeerFactory, PrivateKey.from_int(1), allow=["zz"])
+
 
 class ApplicationTests(SynchronousTestCase):
     def setUp(self) -> None:
