@@ -407,6 +407,13 @@ class BOTD2Protocol(Protocol):
         if held >= PARTIAL_TRACKED or self in self.factory._partial:
             self.factory._partialFrame(self, held, bool(events))
         self._flush()
+        watch = self._watch
+        if watch is not None and watch.blocked and not watch.readStopped:
+            # The peer sends while what we send it piles up: read no more
+            # until TCP's send buffer drains.  (Only once a read came in: a
+            # sender that reads nothing pays no system call per pause.)
+            watch.readStopped = True
+            self._updateReading()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lostCalled:
@@ -667,7 +674,7 @@ class BOTD2Protocol(Protocol):
     def _updateReading(self) -> None:
         """Read from TCP unless the application, or a full send buffer, says not to."""
         watch = self._watch
-        if self._appPaused or (watch is not None and watch.blocked):
+        if self._appPaused or (watch is not None and watch.readStopped):
             self.transport.pauseProducing()
         else:
             self.transport.resumeProducing()
@@ -899,22 +906,26 @@ class _SendWatch:
     application's streaming producer, if any, is paused and resumed with it.
     """
 
-    __slots__ = ("proto", "appProducer", "blocked")
+    __slots__ = ("proto", "appProducer", "blocked", "readStopped")
 
     def __init__(self, proto: BOTD2Protocol, appProducer: IPushProducer | None) -> None:
         self.proto = proto
         self.appProducer = appProducer
+        #: TCP's send buffer is full.
         self.blocked = False
+        #: ... and a read came in meanwhile, so reading stopped.
+        self.readStopped = False
 
     def pauseProducing(self) -> None:
         self.blocked = True
-        self.proto._updateReading()
         if self.appProducer is not None:
             self.proto._callApp(self.appProducer.pauseProducing)
 
     def resumeProducing(self) -> None:
         self.blocked = False
-        self.proto._updateReading()
+        if self.readStopped:
+            self.readStopped = False
+            self.proto._updateReading()
         if self.appProducer is not None:
             self.proto._callApp(self.appProducer.resumeProducing)
 

@@ -911,8 +911,9 @@ class ApplicationTests(SynchronousTestCase):
     def test_streaming_producer(self) -> None:
         """
         A streaming producer goes through a send watch registered on TCP:
-        TCP's buffer full pauses it and stops reading from the peer; drained,
-        both resume.  The application's own pause of reading holds apart.
+        TCP's buffer full pauses it, and reading from the peer stops at the
+        next read; drained, both resume.  The application's own pause of
+        reading holds apart.
         """
         from botd2.protocol import _SendWatch
 
@@ -926,7 +927,9 @@ class ApplicationTests(SynchronousTestCase):
         self.assertIs(watch.appProducer, producer)
         self.assertTrue(t.streaming)
         watch.pauseProducing()  # TCP: the send buffer is full
-        self.assertEqual((producer.calls, t.producerState), (["pause"], "paused"))
+        self.assertEqual((producer.calls, t.producerState), (["pause"], "producing"))
+        link.client.dataReceived(b"")  # a read comes in meanwhile: reading stops
+        self.assertEqual(t.producerState, "paused")
         link.client.pauseProducing()  # the application too
         watch.resumeProducing()  # drained: the producer resumes, reading not yet
         self.assertEqual((producer.calls[-1], t.producerState), ("resume", "paused"))
