@@ -17,7 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(botd2.__file__))
 
 #: How to regenerate, also in README.rst (Development).
-#: As the README gives it.
 COMMAND = (
     "venv/bin/python -m grpc_tools.protoc -Iproto --python_out=botd2 --mypy_out=botd2 "
     "--plugin=protoc-gen-mypy=venv/bin/protoc-gen-mypy proto/botd2.proto"
