@@ -524,6 +524,16 @@ class _Collect(protocol.ProcessProtocol):
         value = reason.value
         self.ended.callback(value.exitCode if value.exitCode is not None else -value.signal)
 
+    async def run(self, args: list[str], cwd: str) -> int:
+        """Run C{args} (this checkout's code) to its end, killed after L{WAIT}; its status."""
+        transport = reactor.spawnProcess(self, args[0], args, env=checkoutEnv(), path=cwd)
+        killer = reactor.callLater(WAIT, transport.signalProcess, "KILL")
+        try:
+            return await self.ended
+        finally:
+            if killer.active():
+                killer.cancel()
+
 
 class PingInterruptTests(CLITestCase):
     """
@@ -575,15 +585,7 @@ class PingInterruptTests(CLITestCase):
         address = f"{node.nodeID}@127.0.0.1:{port.getHost().port}"
         child = _Collect(b"seq=1", "TERM")
         args = [*INTERRUPTIBLE, "ping", address, "--count", "3"]
-        transport = reactor.spawnProcess(
-            child, args[0], args, env=checkoutEnv(), path=self.dir
-        )
-        killer = reactor.callLater(WAIT, transport.signalProcess, "KILL")
-        try:
-            status = await child.ended
-        finally:
-            if killer.active():
-                killer.cancel()
+        status = await child.run(args, self.dir)
         self.assertTrue(child.signalled)
         self.assertEqual(status, 143, child.err)
         self.assertRegex(child.out.decode(), rf"^pong from {re.escape(address)}: seq=1 rtt ")
@@ -618,15 +620,7 @@ class PingClosedTests(CLITestCase):
 
         child = _Collect(b"seq=1", action=close)
         args = [sys.executable, "-m", "botd2", "ping", address, "--count", "3"]
-        transport = reactor.spawnProcess(
-            child, args[0], args, env=checkoutEnv(), path=self.dir
-        )
-        killer = reactor.callLater(WAIT, transport.signalProcess, "KILL")
-        try:
-            status = await child.ended
-        finally:
-            if killer.active():
-                killer.cancel()
+        status = await child.run(args, self.dir)
         self.assertTrue(closedAt)
         self.assertLess(time.monotonic() - closedAt[0], 10)
         self.assertEqual(status, 1, child.err)

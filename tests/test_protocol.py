@@ -75,6 +75,20 @@ class RecordingProducer:
         self.calls.append("stop")
 
 
+def stranger(b: PeerFactory) -> tuple[BOTD2Protocol, StringTransport, Initiator]:
+    """
+    Node C{b}'s protocol for an inbound connection, on a C{StringTransport},
+    and a sans-IO initiator (key A_SEED) dialling it, its Init made and not sent.
+    """
+    server = b.buildProtocol(address())
+    assert server is not None
+    st = StringTransport()
+    server.makeConnection(st)
+    initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
+    initiator.initiate()
+    return server, st, initiator
+
+
 class HandshakeTests(SynchronousTestCase):
     def test_both_roles(self) -> None:
         """Both apps hear of the peer once, with its key, address and side."""
@@ -209,12 +223,7 @@ class HandshakeTests(SynchronousTestCase):
         """The key confirmation and a message in one read complete the responder."""
         clock = Clock()
         b = node(B_SEED, clock)
-        server = b.buildProtocol(address())
-        assert server is not None
-        st = StringTransport()
-        server.makeConnection(st)
-        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
-        initiator.initiate()
+        server, st, initiator = stranger(b)
         server.dataReceived(initiator.data_to_send())
         initiator.receive_data(st.value())
         initiator.send_payload(StringValue(value="first"))
@@ -320,12 +329,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """A responder that never gets the key confirmation closes at the timeout."""
         clock = Clock()
         b = node(B_SEED, clock, handshakeTimeout=5)
-        server = b.buildProtocol(address())
-        assert server is not None
-        st = StringTransport()
-        server.makeConnection(st)
-        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
-        initiator.initiate()
+        server, st, initiator = stranger(b)
         server.dataReceived(initiator.data_to_send())
         ack = st.value()
         clock.advance(4.999)
@@ -355,12 +359,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """
         clock = Clock()
         b = node(B_SEED, clock)
-        server = b.buildProtocol(address())
-        assert server is not None
-        st = StringTransport()
-        server.makeConnection(st)
-        initiator = Initiator(PrivateKey.from_int(A_SEED), b.identity.public_key)
-        initiator.initiate()
+        server, st, initiator = stranger(b)
         init = initiator.data_to_send()
         for t in range(3):
             server.dataReceived(init[t : t + 1])
