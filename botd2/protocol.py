@@ -425,7 +425,6 @@ class BOTD2Protocol(Protocol):
             self._flushCall.cancel()
         self._flushCall = None
         self.connection.close()
-        self.factory._connectionGone(self)
         why = self._reason
         if why is None:
             why = errors.ClosedByPeer(
@@ -451,6 +450,7 @@ class BOTD2Protocol(Protocol):
             reasonType=type(why).__name__,
             authenticated=self.authenticated,
         )
+        self.factory._connectionGone(self)
         failure = Failure(why)
         pings, self._pingWaiters = self._pingWaiters or [], None
         for _, _, d in pings:
@@ -574,6 +574,7 @@ class BOTD2Protocol(Protocol):
                 address=_formatAddress(self.transport.getPeer()),
                 why=why,
             )
+            self._strangerExplained = True
             self._close(errors.ClosedByUs(why), abort=True)
         # Twisted closes an aborted TCP socket on its next turn, and the
         # newcomer's is open already (several, when one read of the listening
@@ -661,7 +662,7 @@ class BOTD2Protocol(Protocol):
             # sending, and checks each item of a writeSequence one by one.
             data = b"".join(self.connection.take_output())
             self.transport.write(data)
-            if self._watch is None and self._producer is None and (
+            if self._watch is None and self._producer is None and not self.disconnecting and (
                 len(data) >= WATCH_WRITE or self.connection.frames_sent >= WATCH_FRAMES
             ):
                 self._watchSends()
@@ -714,13 +715,14 @@ class BOTD2Protocol(Protocol):
             self.transport.abortConnection()
             return
         self.connection.close()
-        self._flush()
         producer, self._producer = self._producer, None
         if producer is not None or self._watch is not None:
             # TCP would wait for a producer to go before closing, and what the
             # application's makes now is dropped: its consumer is gone, stop it.
+            # (Before the last flush, which TCP would answer with a pause.)
             self._watch = None
             self.transport.unregisterProducer()
+        self._flush()
         self.transport.loseConnection()
         self._setTimer(CLOSE_GRACE, self.transport.abortConnection)
         if producer is not None:
@@ -1421,6 +1423,8 @@ class _Dial:
 
     def _cancelled(self, d: Deferred[PeerProtocol]) -> None:
         # Deferred.cancel fails d with CancelledError once this returns.
+        if d not in self.waiters:
+            return  # fire() is handing out the outcome: cancel only this one
         self.waiters.remove(d)
         if self.waiters:
             return
@@ -1433,6 +1437,8 @@ class _Dial:
     def fire(self, result: PeerProtocol | Failure) -> None:
         waiters, self.waiters = self.waiters, []
         for d in waiters:
+            if d.called:
+                continue  # cancelled from an earlier waiter's callback
             if isinstance(result, Failure):
                 d.errback(result)
             else:

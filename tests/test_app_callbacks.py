@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.wrappers_pb2 import StringValue
-from twisted.internet import defer, reactor
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
+from twisted.internet import abstract, defer, main, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -155,6 +155,29 @@ class SharedDialTests(MemoryDial):
         self.assertIn(b.identity.public_key, a._dials)
         self.complete(b, index=1)
         self.assertEqual(self.successResultOf(d3).peer.node, b.identity.public_key)
+
+
+class DialFireTests(MemoryDial):
+    """A caller's callback that cancels another caller of the same dial."""
+
+    def test_race(self) -> None:
+        """defer.race of two connects to one node (two addresses, say) fires."""
+        a, b = self.nodes()
+        d1 = a.connectEndpoint(self.endpoint, b.identity.public_key)
+        d2 = a.connectEndpoint(self.endpoint, b.identity.public_key)
+        raced = defer.race([d1, d2])
+        self.complete(b)
+        index, won = self.successResultOf(raced)
+        self.assertEqual((index, won.peer.node), (0, b.identity.public_key))
+
+    def test_cancel_other_from_callback(self) -> None:
+        a, b = self.nodes()
+        d1 = a.connectEndpoint(self.endpoint, b.identity.public_key)
+        d2 = a.connectEndpoint(self.endpoint, b.identity.public_key)
+        d1.addCallback(lambda peer: (d2.cancel(), peer)[1])
+        self.complete(b)
+        self.assertEqual(self.successResultOf(d1).peer.node, b.identity.public_key)
+        self.failureResultOf(d2, defer.CancelledError)
 
 
 class CleansUp(Recorder):
@@ -307,6 +330,74 @@ class Pusher:
 
     def stopProducing(self) -> None:
         self.stopped += 1
+
+
+class _FullSocket(abstract.FileDescriptor):
+    """A Twisted FileDescriptor whose socket takes nothing until L{full} is false."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.connected = 1
+        self.full = True
+
+    def writeSomeData(self, data: bytes) -> int:
+        return 0 if self.full else len(data)
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.9", 1)
+
+    getHost = getPeer
+
+    def abortConnection(self) -> None:
+        """The close grace's; not reached in these tests."""
+
+
+@implementer(IPushProducer)
+class DropsSlowPeer:
+    """Closes the connection when TCP pauses it (or raises there)."""
+
+    def __init__(self, proto: BOTD2Protocol, raises: bool) -> None:
+        self.proto = proto
+        self.raises = raises
+
+    def pauseProducing(self) -> None:
+        if self.raises:
+            raise RuntimeError("a bug in the application's pauseProducing")
+        self.proto.disconnect("you read too slowly")
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class CloseFromPauseTests(SynchronousTestCase):
+    """
+    A producer that closes the connection from pauseProducing, called by
+    TCP inside botd2's own write: nothing is registered on TCP after the
+    close, so TCP closes once it drained, not at the grace's abort.
+    """
+
+    def check(self, raises: bool) -> None:
+        clock = Clock()
+        a, b = node(A_SEED, clock), node(B_SEED, clock)
+        proto = dial(a, b).client
+        fd = _FullSocket()
+        proto.transport = fd
+        proto.registerProducer(DropsSlowPeer(proto, raises), True)
+        app(proto).sendMessage(BytesValue(value=b"x" * 70000))  # written at once: TCP pauses
+        self.assertTrue(proto.disconnecting)
+        self.assertIsNone(fd.producer)
+        fd.full = False  # the peer reads everything: TCP closes now
+        self.assertIs(fd.doWrite(), main.CONNECTION_DONE)
+
+    def test_disconnect_from_pause(self) -> None:
+        self.check(False)
+
+    def test_raise_in_pause(self) -> None:
+        self.check(True)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class ProducerTCPTests(TestCase):

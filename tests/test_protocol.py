@@ -12,7 +12,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
@@ -676,6 +676,39 @@ class AdmissionTests(SynchronousTestCase):
         self.assertIn("protocol error from (unauthenticated)", lines[0])
         self.assertIn("bad_length", lines[0])
         self.assertIn("timed out", lines[1])
+
+    def test_flood_of_strangers_that_just_close(self) -> None:
+        """
+        The count of the close lines left out at the end of a flood is logged
+        by the sweep (the last close line is counted before the sweep may stop).
+        """
+        from twisted.logger import formatEvent
+
+        events = logged(self)
+        clock = Clock()
+        b = node(B_SEED, clock)
+        b.doStart()  # as a listening port does
+        for i in range(101):  # the budget holds 100 lines
+            proto, _ = self.stalled(b, f"10.0.{i // 100}.{i % 100}")
+            proto.connectionLost(Failure(ConnectionDone()))
+        clock.advance(5)
+        counts = [formatEvent(e) for e in events if "log events about" in formatEvent(e)]
+        self.assertEqual(len(counts), 1, counts)
+        self.assertIn("left 1 log events", counts[0])
+
+    def test_evicted_stranger_one_line(self) -> None:
+        from twisted.logger import formatEvent
+
+        events = logged(self)
+        clock = Clock()
+        b = node(B_SEED, clock, maxHandshakes=2)
+        victim, _ = self.stalled(b, "10.0.0.1")
+        self.stalled(b, "10.0.0.1")
+        self.assertIsNotNone(b.buildProtocol(address("10.0.0.2")))  # evicts the victim
+        victim.connectionLost(Failure(ConnectionDone()))  # TCP's own, later
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("evicted", lines[0])
 
     def test_count_logged_after_the_flood(self) -> None:
         """
