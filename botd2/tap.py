@@ -10,6 +10,7 @@ non-zero exit status, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -231,7 +232,8 @@ def makeService(options: Options) -> NodeService:
     except SystemExit:
         if options["keyCreated"]:
             # The node never ran: no identity was handed out under that key.
-            os.unlink(options["keyPath"])
+            with contextlib.suppress(OSError):  # the sentence above matters more
+                os.unlink(options["keyPath"])
         raise
     service = NodeService(factory, port)
     if options["keyCreated"]:

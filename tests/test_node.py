@@ -554,6 +554,15 @@ class ErrorTests(NodeTestCase):
             self.assertIn(word, lines[0])
         return lines[0]
 
+    def startOnBusyPort(self, key: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+        """Start a node on a port another socket listens on; the port and the run."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            return port, twistd("botd2", "--port", f"tcp:{port}:interface=127.0.0.1",
+                                "--key", key, cwd=self.cwd)
+
     def writeKey(self, name: str, data: bytes, mode: int) -> str:
         path = os.path.join(self.cwd, name)
         with open(path, "wb") as f:
@@ -593,12 +602,7 @@ class ErrorTests(NodeTestCase):
 
     def test_portInUse(self) -> None:
         """A port another socket listens on."""
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            port = busy.getsockname()[1]
-            result = twistd("botd2", "--port", f"tcp:{port}:interface=127.0.0.1",
-                            "--key", "good.key", cwd=self.cwd)
+        port, result = self.startOnBusyPort("good.key")
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertNoTraceback(result.stdout, result.stderr)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
@@ -683,12 +687,7 @@ class ErrorTests(NodeTestCase):
 
     def test_failedStartLeavesNoNewKey(self) -> None:
         """A key file made by a start that then failed (port in use) is removed."""
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            port = busy.getsockname()[1]
-            result = twistd("botd2", "--port", f"tcp:{port}:interface=127.0.0.1",
-                            "--key", "new.key", cwd=self.cwd)
+        _, result = self.startOnBusyPort("new.key")
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.cwd, "new.key")))
         self.assertTrue(os.path.exists(os.path.join(self.cwd, "good.key")))
